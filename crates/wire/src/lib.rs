@@ -1,0 +1,42 @@
+//! The wire protocol shared by `tether-agent` and `tether-relay`.
+//!
+//! # Layout
+//! - [`protocol`]: the WebSocket handshake (path, subprotocol, headers), the
+//!   reserved HTTP/2 authorities and the control messages.
+//! - [`problem`]: the stable error codes and their `application/problem+json`
+//!   rendering, used by both sides for every error they generate.
+//! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
+//!   (`AsyncRead + AsyncWrite`) so that HTTP/2 can run over it.
+//!
+//! After the upgrade the WebSocket carries one HTTP/2 connection in which the
+//! relay is the client and the agent the server. hyper does the multiplexing,
+//! flow control and cancellation; this crate only adapts the framing.
+
+pub mod problem;
+pub mod protocol;
+pub mod ws_io;
+
+pub use problem::{ErrorCode, Problem};
+pub use ws_io::WsIo;
+
+/// The body type both sides use for bodies they build or forward.
+pub type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// The error type of [`BoxBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body holding `data` (or nothing) that never fails.
+pub fn full_body(data: impl Into<bytes::Bytes>) -> BoxBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty_body() -> BoxBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -1,0 +1,104 @@
+//! Handshake, reserved authorities and control messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the agent's WebSocket upgrade on the relay's public listener.
+pub const CONNECT_PATH: &str = "/v1/agent/connect";
+
+/// The WebSocket subprotocol naming version 1 of this protocol.
+pub const SUBPROTOCOL_V1: &str = "tether.v1";
+
+/// Every protocol version the code in this crate speaks, newest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &[SUBPROTOCOL_V1];
+
+/// `:authority` of control requests (relay → agent) on the HTTP/2 connection.
+///
+/// A `.invalid` name (RFC 2606) cannot be a real host, and callers never
+/// choose the authority of a relayed request: the relay sets it. Control
+/// traffic is told apart by this authority, never by a path prefix a caller
+/// could reach through a normalisation mismatch.
+pub const CONTROL_AUTHORITY: &str = "control.tether.invalid";
+
+/// `:authority` the relay puts on every caller request it relays.
+pub const TUNNEL_AUTHORITY: &str = "tunnel.tether.invalid";
+
+/// Control path answering [`AgentInfo`].
+pub const CONTROL_INFO_PATH: &str = "/v1/info";
+
+/// Header names of the handshake and of relayed requests and responses.
+pub mod header {
+    /// Agent name (handshake, required).
+    pub const AGENT_NAME: &str = "tether-agent-name";
+    /// Comma-separated agent tags (handshake, optional).
+    pub const AGENT_TAGS: &str = "tether-agent-tags";
+    /// Agent software version (handshake, optional).
+    pub const AGENT_VERSION: &str = "tether-agent-version";
+    /// Instance of the agent, e.g. the pod's hostname (handshake, optional).
+    pub const AGENT_INSTANCE: &str = "tether-agent-instance";
+    /// Name of the agent that served a relayed response.
+    pub const AGENT: &str = "tether-agent";
+    /// Id the relay gives each relayed request; on the response too.
+    pub const REQUEST_ID: &str = "tether-request-id";
+    /// Caller's agent selector: comma-separated tags, all required.
+    pub const SELECTOR: &str = "tether-selector";
+    /// Caller key id, passed to the agent for its audit trail.
+    pub const CALLER_KEY_ID: &str = "tether-caller-key-id";
+    /// Versions the relay speaks, sent with a 426 answer.
+    pub const SUPPORTED_VERSIONS: &str = "tether-supported-versions";
+    /// Prefix every Tether header has; none is ever forwarded upstream.
+    pub const PREFIX: &str = "tether-";
+}
+
+/// What an agent tells the relay about itself after the session is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Agent name from its config.
+    pub name: String,
+    /// Instance (hostname by default): replicas share a name, not an instance.
+    pub instance: String,
+    /// Agent software version.
+    pub version: String,
+    /// Tags used by callers' selectors.
+    pub tags: Vec<String>,
+    /// Names of the routes this agent serves, so that the relay can answer
+    /// `no_such_route` without a round trip.
+    pub routes: Vec<String>,
+}
+
+/// Picks the first protocol version offered in a `Sec-WebSocket-Protocol`
+/// header value that this crate speaks.
+pub fn negotiate_version(offered: &str) -> Option<&'static str> {
+    offered
+        .split(',')
+        .map(str::trim)
+        .find_map(|v| SUPPORTED_VERSIONS.iter().copied().find(|s| *s == v))
+}
+
+/// Splits a comma-separated tag list, trimming blanks and dropping empties.
+pub fn parse_tags(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_known_version_among_others() {
+        assert_eq!(negotiate_version("tether.v9, tether.v1"), Some("tether.v1"));
+        assert_eq!(negotiate_version("tether.v1"), Some("tether.v1"));
+        assert_eq!(negotiate_version("tether.v0"), None);
+        assert_eq!(negotiate_version(""), None);
+    }
+
+    #[test]
+    fn tags_are_trimmed_and_empties_dropped() {
+        assert_eq!(parse_tags(" eu, prod ,,"), vec!["eu", "prod"]);
+        assert!(parse_tags("").is_empty());
+    }
+}
