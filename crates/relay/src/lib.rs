@@ -1,0 +1,253 @@
+//! tether-relay: the cloud side of Tether.
+//!
+//! Accepts agents' outbound WebSockets, authenticates their tokens, keeps a
+//! registry of connected agents and relays callers' requests to them.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`credential`]: token and key format, generation, constant-time check.
+//! - [`store`]: accounts, tokens and keys (hashes only) in SQLite.
+//! - [`auth`]: verifying presented credentials, with a short cache.
+//! - [`registry`]: connected agent sessions and the choice of one.
+//! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
+//! - `ingress`: the caller API, `/v1/routes/{route}/…`.
+//!
+//! [`Relay::bind`] opens the store and the listeners; [`Relay::run`] serves
+//! until the shutdown token is cancelled, then drains.
+
+pub mod auth;
+pub mod config;
+pub mod credential;
+mod ingress;
+pub mod registry;
+mod session;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tether_wire::serve::{self, ServeOptions};
+use tether_wire::{BoxBody, ErrorCode, Problem, full_body, protocol};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::{RelayConfig, TlsConfig};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Errors starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// State shared by every connection of one relay process.
+pub(crate) struct State {
+    pub(crate) config: RelayConfig,
+    pub(crate) auth: Authenticator,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    draining: AtomicBool,
+}
+
+/// A relay with its store open and listeners bound.
+pub struct Relay {
+    state: Arc<State>,
+    public: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Relay {
+    /// Opens the store and binds the listeners of `config`. Serving starts
+    /// with [`Relay::run`] and stops when `shutdown` is cancelled.
+    pub async fn bind(config: RelayConfig, shutdown: CancellationToken) -> Result<Self, RelayError> {
+        let store = Store::open(&config.store.url).await?;
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let public = bind(config.listen.public).await?;
+        let admin = match config.listen.admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let state = Arc::new(State {
+            auth: Authenticator::new(store),
+            registry: Arc::new(Registry::new()),
+            shutdown,
+            tracker: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            config,
+        });
+        Ok(Self {
+            state,
+            public,
+            admin,
+            tls,
+        })
+    }
+
+    /// Address of the public listener.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().unwrap_or(self.state.config.listen.public)
+    }
+
+    /// Address of the admin listener, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The registry of connected agents.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops accepting,
+    /// lets requests in flight finish (bounded by `drain_timeout`) and
+    /// returns.
+    pub async fn run(self) {
+        let state = self.state;
+        let options = ServeOptions {
+            max_header_bytes: state.config.limits.max_header_bytes,
+            drain_timeout: state.config.drain_timeout,
+            ..ServeOptions::default()
+        };
+        let public_state = state.clone();
+        let public = serve::serve(
+            self.public,
+            self.tls,
+            options.clone(),
+            serve::handler(move |req, remote| handle_public(public_state.clone(), req, remote)),
+            state.shutdown.clone(),
+            state.tracker.clone(),
+        );
+        let admin = async {
+            if let Some(listener) = self.admin {
+                let admin_state = state.clone();
+                serve::serve(
+                    listener,
+                    None,
+                    options.clone(),
+                    serve::handler(move |req, _| handle_admin(admin_state.clone(), req)),
+                    state.shutdown.clone(),
+                    state.tracker.clone(),
+                )
+                .await;
+            }
+        };
+        tokio::join!(public, admin);
+        state.draining.store(true, Ordering::Relaxed);
+        state.tracker.close();
+        let drained = tokio::time::timeout(
+            state.config.drain_timeout + std::time::Duration::from_secs(1),
+            state.tracker.wait(),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached with tasks still running");
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { addr, source })
+}
+
+fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RelayError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| RelayError::Tls(format!("{}: {e}", tls.cert_file.display())))?;
+    if certs.is_empty() {
+        return Err(RelayError::Tls(format!(
+            "{}: no certificate found",
+            tls.cert_file.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| RelayError::Tls(format!("{}: {e}", tls.key_file.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| RelayError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn handle_public(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<BoxBody> {
+    let path = req.uri().path();
+    if path == protocol::CONNECT_PATH {
+        return session::handle_connect(state, req, remote).await;
+    }
+    if path.starts_with(protocol::ROUTES_PREFIX) {
+        return ingress::handle_route(state, req, remote).await;
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readiness(&state),
+        _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
+    }
+}
+
+async fn handle_admin(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readiness(&state),
+        (&Method::GET, "/metrics") => plain(
+            StatusCode::OK,
+            &format!(
+                "# HELP tether_relay_agent_sessions Connected agent sessions.\n\
+                 # TYPE tether_relay_agent_sessions gauge\n\
+                 tether_relay_agent_sessions {}\n",
+                state.registry.len()
+            ),
+        ),
+        _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
+    }
+}
+
+fn readiness(state: &State) -> Response<BoxBody> {
+    if state.draining.load(Ordering::Relaxed) || state.shutdown.is_cancelled() {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        plain(StatusCode::OK, "ready\n")
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<BoxBody> {
+    let mut response = Response::new(full_body(body.to_owned()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -5,6 +5,9 @@
 //!   reserved HTTP/2 authorities and the control messages.
 //! - [`problem`]: the stable error codes and their `application/problem+json`
 //!   rendering, used by both sides for every error they generate.
+//! - [`headers`]: hop-by-hop and `Tether-*` header removal.
+//! - [`config_location`]: byte offset → `line:column` for config errors.
+//! - [`serve`]: the HTTP accept loop every listener uses.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
 //!   (`AsyncRead + AsyncWrite`) so that HTTP/2 can run over it.
 //!
@@ -12,8 +15,11 @@
 //! relay is the client and the agent the server. hyper does the multiplexing,
 //! flow control and cancellation; this crate only adapts the framing.
 
+pub mod config_location;
+pub mod headers;
 pub mod problem;
 pub mod protocol;
+pub mod serve;
 pub mod ws_io;
 
 pub use problem::{ErrorCode, Problem};

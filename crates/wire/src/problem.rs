@@ -45,6 +45,9 @@ pub enum ErrorCode {
     NoAgent,
     /// 504: the internal service did not answer in time.
     UpstreamTimeout,
+    /// 500: the relay or agent failed in a way the caller cannot fix
+    /// (e.g. its store is unreachable). Details are in its log.
+    Internal,
 }
 
 impl ErrorCode {
@@ -65,6 +68,7 @@ impl ErrorCode {
             }
             Self::NoAgent => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -85,6 +89,7 @@ impl ErrorCode {
             Self::SecretUnavailable => "secret_unavailable",
             Self::NoAgent => "no_agent",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "internal",
         }
     }
 
@@ -105,6 +110,7 @@ impl ErrorCode {
             Self::SecretUnavailable => "Secret unavailable",
             Self::NoAgent => "No agent connected",
             Self::UpstreamTimeout => "Upstream timeout",
+            Self::Internal => "Internal error",
         }
     }
 }
@@ -200,6 +206,7 @@ mod tests {
             ErrorCode::SecretUnavailable,
             ErrorCode::NoAgent,
             ErrorCode::UpstreamTimeout,
+            ErrorCode::Internal,
         ];
         for code in all {
             let json = serde_json::to_string(&code).unwrap();

@@ -65,6 +65,29 @@ pub struct AgentInfo {
     pub routes: Vec<String>,
 }
 
+/// Prefix of the caller API that relays to a named route.
+pub const ROUTES_PREFIX: &str = "/v1/routes/";
+
+/// Splits `/v1/routes/{route}/{rest…}` into the route name and the rest of
+/// the path (always starting with `/`). The route name must be a valid
+/// [route name](valid_route_name).
+pub fn split_route_path(path: &str) -> Option<(&str, &str)> {
+    let tail = path.strip_prefix(ROUTES_PREFIX)?;
+    let (route, rest) = match tail.find('/') {
+        Some(i) => (&tail[..i], &tail[i..]),
+        None => (tail, "/"),
+    };
+    valid_route_name(route).then_some((route, rest))
+}
+
+/// Route and agent names: 1–64 of `A-Z a-z 0-9 _ -`.
+pub fn valid_route_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Picks the first protocol version offered in a `Sec-WebSocket-Protocol`
 /// header value that this crate speaks.
 pub fn negotiate_version(offered: &str) -> Option<&'static str> {
@@ -94,6 +117,17 @@ mod tests {
         assert_eq!(negotiate_version("tether.v1"), Some("tether.v1"));
         assert_eq!(negotiate_version("tether.v0"), None);
         assert_eq!(negotiate_version(""), None);
+    }
+
+    #[test]
+    fn route_paths_split_into_name_and_rest() {
+        assert_eq!(split_route_path("/v1/routes/jenkins/api/json"), Some(("jenkins", "/api/json")));
+        assert_eq!(split_route_path("/v1/routes/jenkins"), Some(("jenkins", "/")));
+        assert_eq!(split_route_path("/v1/routes/jenkins/"), Some(("jenkins", "/")));
+        assert_eq!(split_route_path("/v1/routes/../x"), None);
+        assert_eq!(split_route_path("/v1/routes/%6aenkins/x"), None);
+        assert_eq!(split_route_path("/v1/routes//x"), None);
+        assert_eq!(split_route_path("/v1/forward/x"), None);
     }
 
     #[test]

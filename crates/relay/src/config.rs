@@ -1,0 +1,272 @@
+//! The relay's configuration file (TOML), with file:line errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Top-level relay configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// On shutdown, how long requests in flight may take to finish.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Where the relay listens.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Where accounts, tokens and keys are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// TLS for the public listener; without it the relay speaks plain HTTP
+    /// (for running behind a load balancer that terminates TLS).
+    pub tls: Option<TlsConfig>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Agent session settings.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+            listen: ListenConfig::default(),
+            store: StoreConfig::default(),
+            tls: None,
+            limits: LimitsConfig::default(),
+            agents: AgentsConfig::default(),
+        }
+    }
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Public listener: agents' WebSockets and callers' requests.
+    #[serde(default = "default_public")]
+    pub public: SocketAddr,
+    /// Admin listener: health, readiness (and later the admin API). Loopback
+    /// by default because it is not meant to face the internet.
+    #[serde(default = "default_admin")]
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            public: default_public(),
+            admin: default_admin(),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing).
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body a caller may send (413 above it). No cap unless set.
+    pub max_body_bytes: Option<u64>,
+    /// Largest request head (431 above it).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: None,
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+/// `[agents]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// HTTP/2 PING interval on agent sessions.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session whose PING goes unanswered this long is dropped.
+    #[serde(default = "default_ping_timeout", with = "humantime_serde")]
+    pub ping_timeout: Duration,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: default_ping_interval(),
+            ping_timeout: default_ping_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_public() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+}
+fn default_store_url() -> String {
+    "sqlite://tether-relay.db".to_owned()
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ping_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// A configuration file that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or ill-typed key.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RelayConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and validates `source`, naming `path` in errors.
+    pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(source).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |s| tether_wire::config_location::line_col(source, s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        if !self.store.url.starts_with("sqlite:") {
+            return Err(invalid("[store] url: expected sqlite://PATH"));
+        }
+        if self.agents.ping_interval.is_zero() || self.agents.ping_timeout.is_zero() {
+            return Err(invalid("[agents] ping_interval and ping_timeout must be above zero"));
+        }
+        if self.limits.max_header_bytes < 8 * 1024 {
+            return Err(invalid("[limits] max_header_bytes must be at least 8192"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let c = RelayConfig::parse(Path::new("r.toml"), "").unwrap();
+        assert!(c.listen.public.ip().is_loopback());
+        assert!(c.tls.is_none());
+        assert_eq!(c.agents.ping_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line() {
+        let err = RelayConfig::parse(Path::new("r.toml"), "[listen]\npublik = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:2:"), "{err}");
+        assert!(err.contains("publik"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_reported_with_line() {
+        let err = RelayConfig::parse(Path::new("r.toml"), "[agents]\nping_interval = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn non_sqlite_store_is_refused() {
+        let err = RelayConfig::parse(Path::new("r.toml"), "[store]\nurl = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[store] url"), "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! `tether-relay`: serve, and manage tokens and keys.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tether_relay::config::RelayConfig;
+use tether_relay::store::Store;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "tether-relay", version, about = "Tether relay: the cloud side of the tunnel")]
+struct Cli {
+    /// Configuration file (TOML). Without it: loopback defaults and
+    /// ./tether-relay.db.
+    #[arg(long, global = true, env = "TETHER_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve,
+    /// Agent tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Caller API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create an agent token; prints it alone on stdout.
+    Create {
+        /// Account the token belongs to (created if new).
+        #[arg(long)]
+        account: String,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 90d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a caller API key; prints it alone on stdout.
+    Create {
+        /// Account the key belongs to (created if new).
+        #[arg(long)]
+        account: String,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-relay: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => RelayConfig::load(path)?,
+        None => RelayConfig::default(),
+    };
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Tokens(TokensCommand::Create {
+            account,
+            name,
+            expires_in,
+        }) => {
+            let store = Store::open(&config.store.url).await?;
+            let expires = expires_in.map(|d| SystemTime::now() + d);
+            let token = store
+                .create_token(&account, name.as_deref(), expires)
+                .await?;
+            tracing::info!(account, id = %token.id, "agent token created");
+            println!("{}", token.secret);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Create { account, name }) => {
+            let store = Store::open(&config.store.url).await?;
+            let key = store.create_key(&account, name.as_deref()).await?;
+            tracing::info!(account, id = %key.id, "API key created");
+            println!("{}", key.secret);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let relay = tether_relay::Relay::bind(config, shutdown.clone())
+        .await
+        .context("starting the relay")?;
+    tracing::info!(
+        public = %relay.public_addr(),
+        admin = ?relay.admin_addr(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining");
+        shutdown.cancel();
+    });
+    relay.run().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TETHER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

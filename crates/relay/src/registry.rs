@@ -1,0 +1,293 @@
+//! Connected agents per account, and the choice of one for a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hyper::client::conn::http2::SendRequest;
+use rand::Rng;
+use tether_wire::BoxBody;
+use tether_wire::protocol::AgentInfo;
+use tokio_util::sync::CancellationToken;
+
+/// One live WebSocket session of an agent.
+#[derive(Debug)]
+pub struct AgentSession {
+    /// Relay-local id of this session.
+    pub id: u64,
+    /// Account whose token opened it.
+    pub account: String,
+    /// Lookup id of that token.
+    pub token_id: String,
+    /// What the agent said about itself.
+    pub info: AgentInfo,
+    /// Peer address of the WebSocket.
+    pub remote: SocketAddr,
+    /// HTTP/2 client half: where relayed requests go.
+    sender: SendRequest<BoxBody>,
+    /// Requests sent and not yet finished (response body done or dropped).
+    in_flight: AtomicUsize,
+    /// Cancelled to close the session.
+    pub closed: CancellationToken,
+}
+
+impl AgentSession {
+    /// A session over `sender`.
+    pub fn new(
+        account: String,
+        token_id: String,
+        info: AgentInfo,
+        remote: SocketAddr,
+        sender: SendRequest<BoxBody>,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            account,
+            token_id,
+            info,
+            remote,
+            sender,
+            in_flight: AtomicUsize::new(0),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// A handle to send requests on; counts one request in flight until
+    /// the returned guard is dropped.
+    pub fn begin_request(self: &Arc<Self>) -> (SendRequest<BoxBody>, InFlight) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        (self.sender.clone(), InFlight(self.clone()))
+    }
+
+    /// Requests in flight on this session.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight on its session until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AgentSession>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no session was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// No agent of the account matches the selector.
+    NoAgent,
+    /// Agents match, but none serves the route.
+    NoSuchRoute,
+}
+
+/// What selection needs to know of a candidate (a trait so the rule is
+/// testable without live sessions).
+pub trait Candidate {
+    /// The agent's info.
+    fn info(&self) -> &AgentInfo;
+    /// Requests in flight.
+    fn load(&self) -> usize;
+}
+
+impl Candidate for Arc<AgentSession> {
+    fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+    fn load(&self) -> usize {
+        self.in_flight()
+    }
+}
+
+/// Picks among `candidates` those having every tag of `selector` (the agent
+/// name counts as a tag) and, if `route` is given, serving it; then the one
+/// with the fewest requests in flight, ties broken at random.
+pub fn choose<'a, C: Candidate>(
+    candidates: &'a [C],
+    selector: &[String],
+    route: Option<&str>,
+    rng: &mut impl Rng,
+) -> Result<&'a C, SelectError> {
+    let mut matching = candidates.iter().filter(|c| {
+        let info = c.info();
+        selector
+            .iter()
+            .all(|tag| info.name == *tag || info.tags.iter().any(|t| t == tag))
+    });
+    let mut any_matching = false;
+    let mut best: Option<&C> = None;
+    let mut ties = 0u32;
+    for c in matching.by_ref() {
+        any_matching = true;
+        if route.is_some_and(|r| !c.info().routes.iter().any(|x| x == r)) {
+            continue;
+        }
+        match best {
+            Some(b) if c.load() > b.load() => {}
+            Some(b) if c.load() == b.load() => {
+                // Reservoir sampling over the ties: each has equal chance.
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = Some(c);
+                }
+            }
+            _ => {
+                best = Some(c);
+                ties = 1;
+            }
+        }
+    }
+    match best {
+        Some(c) => Ok(c),
+        None if any_matching => Err(SelectError::NoSuchRoute),
+        None => Err(SelectError::NoAgent),
+    }
+}
+
+/// Connected sessions by account.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_account: RwLock<HashMap<String, Vec<Arc<AgentSession>>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a session.
+    pub fn insert(&self, session: Arc<AgentSession>) {
+        let mut map = self.by_account.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(session.account.clone()).or_default().push(session);
+    }
+
+    /// Removes a session (no-op if absent).
+    pub fn remove(&self, session: &AgentSession) {
+        let mut map = self.by_account.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(&session.account) {
+            list.retain(|s| s.id != session.id);
+            if list.is_empty() {
+                map.remove(&session.account);
+            }
+        }
+    }
+
+    /// Chooses a session of `account` for a request (see [`choose`]).
+    pub fn select(
+        &self,
+        account: &str,
+        selector: &[String],
+        route: Option<&str>,
+    ) -> Result<Arc<AgentSession>, SelectError> {
+        let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
+        let list = map.get(account).ok_or(SelectError::NoAgent)?;
+        choose(list, selector, route, &mut rand::rng()).cloned()
+    }
+
+    /// Every connected session.
+    pub fn sessions(&self) -> Vec<Arc<AgentSession>> {
+        let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
+        map.values().flatten().cloned().collect()
+    }
+
+    /// Number of connected sessions.
+    pub fn len(&self) -> usize {
+        let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+
+    /// Whether no session is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    struct Fake(AgentInfo, usize);
+    impl Candidate for Fake {
+        fn info(&self) -> &AgentInfo {
+            &self.0
+        }
+        fn load(&self) -> usize {
+            self.1
+        }
+    }
+
+    fn agent(name: &str, tags: &[&str], routes: &[&str], load: usize) -> Fake {
+        Fake(
+            AgentInfo {
+                name: name.into(),
+                instance: format!("{name}-0"),
+                version: "0".into(),
+                tags: tags.iter().map(|s| s.to_string()).collect(),
+                routes: routes.iter().map(|s| s.to_string()).collect(),
+            },
+            load,
+        )
+    }
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn selector_requires_every_tag_and_name_counts_as_tag() {
+        let agents = [
+            agent("a", &["eu"], &["r"], 0),
+            agent("b", &["eu", "prod"], &["r"], 5),
+        ];
+        let mut rng = StdRng::seed_from_u64(1);
+        let c = choose(&agents, &tags(&["eu", "prod"]), Some("r"), &mut rng).unwrap();
+        assert_eq!(c.0.name, "b");
+        let c = choose(&agents, &tags(&["a"]), None, &mut rng).unwrap();
+        assert_eq!(c.0.name, "a");
+        assert_eq!(
+            choose(&agents, &tags(&["us"]), Some("r"), &mut rng).err(),
+            Some(SelectError::NoAgent)
+        );
+    }
+
+    #[test]
+    fn unknown_route_among_matching_agents_is_no_such_route() {
+        let agents = [agent("a", &[], &["jenkins"], 0)];
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(
+            choose(&agents, &[], Some("k8s"), &mut rng).err(),
+            Some(SelectError::NoSuchRoute)
+        );
+        let none: [Fake; 0] = [];
+        assert_eq!(
+            choose(&none, &[], Some("k8s"), &mut rng).err(),
+            Some(SelectError::NoAgent)
+        );
+    }
+
+    #[test]
+    fn least_loaded_wins_and_ties_spread() {
+        let agents = [
+            agent("busy", &[], &["r"], 3),
+            agent("x", &[], &["r"], 1),
+            agent("y", &[], &["r"], 1),
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = HashMap::new();
+        for _ in 0..1000 {
+            let c = choose(&agents, &[], Some("r"), &mut rng).unwrap();
+            *counts.entry(c.0.name.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("busy"), None);
+        let x = counts["x"];
+        assert!((350..=650).contains(&x), "x chosen {x} times of 1000");
+    }
+}

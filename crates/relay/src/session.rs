@@ -1,0 +1,286 @@
+//! Agent sessions: the WebSocket upgrade on `/v1/agent/connect` and the
+//! task that owns each session afterwards.
+//!
+//! The token, the protocol version and the agent's name are checked before
+//! the `101 Switching Protocols` answer, so a refused agent never gets a
+//! socket. After the upgrade the relay runs the HTTP/2 *client* over the
+//! WebSocket, asks the agent for its [`AgentInfo`] on the control authority,
+//! and registers the session until the connection ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tether_wire::protocol::{self, AgentInfo, header as th};
+use tether_wire::{BoxBody, ErrorCode, Problem, WsIo, empty_body};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::State;
+use crate::auth::{AuthError, Identity};
+use crate::credential::{self, Kind};
+use crate::registry::AgentSession;
+
+/// Largest WebSocket message or frame accepted from an agent. The agent
+/// sends at most [`tether_wire::ws_io::DEFAULT_MAX_MESSAGE`] per message.
+const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// How long the agent has to answer the info request after the upgrade.
+const INFO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest info document accepted.
+const MAX_INFO_BYTES: usize = 64 * 1024;
+
+/// What the handshake headers say about the agent.
+struct Hello {
+    name: String,
+    version: &'static str,
+}
+
+/// Handles `GET /v1/agent/connect`.
+pub(crate) async fn handle_connect(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<BoxBody> {
+    let hello = match check_handshake(req.method(), req.headers()) {
+        Ok(hello) => hello,
+        Err(response) => return response,
+    };
+    let identity = match authenticate(&state, req.headers()).await {
+        Ok(identity) => identity,
+        Err(response) => {
+            tracing::info!(%remote, agent = %hello.name, "agent refused: bad token");
+            return response;
+        }
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return bad_request("missing Sec-WebSocket-Key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(hello.version));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    let tracker = state.tracker.clone();
+    tracker.spawn(run_session(state, req, identity, hello, remote));
+    response
+}
+
+/// Checks method, upgrade headers, version and agent name.
+fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Response<BoxBody>> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if method != Method::GET
+        || !has(header::UPGRADE, "websocket")
+        || !has(header::CONNECTION, "upgrade")
+        || headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v != "13")
+    {
+        return Err(bad_request("expected a WebSocket upgrade (GET, version 13)"));
+    }
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(protocol::negotiate_version);
+    let Some(version) = offered else {
+        let supported = protocol::SUPPORTED_VERSIONS.join(", ");
+        let mut response = Problem::new(
+            ErrorCode::UnsupportedVersion,
+            format!("this relay speaks {supported}; upgrade the agent"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&supported) {
+            response.headers_mut().insert(th::SUPPORTED_VERSIONS, v);
+        }
+        return Err(response);
+    };
+    let name = headers
+        .get(th::AGENT_NAME)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| protocol::valid_route_name(n))
+        .ok_or_else(|| {
+            bad_request("Tether-Agent-Name is required: 1-64 of A-Z a-z 0-9 _ -")
+        })?;
+    Ok(Hello {
+        name: name.to_owned(),
+        version,
+    })
+}
+
+async fn authenticate(state: &State, headers: &HeaderMap) -> Result<Identity, Response<BoxBody>> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(credential::bearer);
+    let Some(value) = value else {
+        return Err(Problem::new(ErrorCode::Unauthorized, "agent token required").into_response());
+    };
+    match state.auth.verify(Kind::AgentToken, value).await {
+        Ok(identity) => Ok(identity),
+        Err(AuthError::Malformed | AuthError::Invalid) => {
+            Err(Problem::new(ErrorCode::Unauthorized, "invalid agent token").into_response())
+        }
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = %e, "token check failed: store unavailable");
+            Err(Problem::new(ErrorCode::Internal, "token store unavailable").into_response())
+        }
+    }
+}
+
+fn bad_request(detail: &str) -> Response<BoxBody> {
+    Problem::new(ErrorCode::BadRequest, detail).into_response()
+}
+
+/// Owns one agent session from the upgrade to its end.
+async fn run_session(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    identity: Identity,
+    hello: Hello,
+    remote: SocketAddr,
+) {
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "agent upgrade failed");
+            return;
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+    let agents = &state.config.agents;
+    let handshake = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(agents.ping_interval)
+        .keep_alive_timeout(agents.ping_timeout)
+        .keep_alive_while_idle(true)
+        .adaptive_window(true)
+        .handshake::<_, BoxBody>(TokioIo::new(WsIo::new(ws)))
+        .await;
+    let (sender, connection) = match handshake {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "agent session failed before HTTP/2 started");
+            return;
+        }
+    };
+    // The connection task ends when the socket closes or a PING times out;
+    // aborting it (below) closes the socket.
+    let mut connection = tokio::spawn(connection);
+
+    let info = tokio::select! {
+        info = tokio::time::timeout(INFO_TIMEOUT, fetch_info(sender.clone())) => info,
+        _ = &mut connection => {
+            tracing::info!(%remote, agent = %hello.name, "agent session closed during setup");
+            return;
+        }
+    };
+    let info = match info {
+        Ok(Ok(info)) if info.name == hello.name => info,
+        Ok(Ok(info)) => {
+            tracing::warn!(%remote, handshake = %hello.name, info = %info.name,
+                "agent name in info differs from handshake; closing");
+            connection.abort();
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, agent = %hello.name, error = %e, "agent info request failed");
+            connection.abort();
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, agent = %hello.name, "agent did not answer the info request");
+            connection.abort();
+            return;
+        }
+    };
+    let session = Arc::new(AgentSession::new(
+        identity.account,
+        identity.credential_id,
+        info,
+        remote,
+        sender,
+    ));
+    state.registry.insert(session.clone());
+    tracing::info!(
+        session = session.id,
+        account = %session.account,
+        agent = %session.info.name,
+        instance = %session.info.instance,
+        version = %session.info.version,
+        routes = ?session.info.routes,
+        %remote,
+        "agent connected"
+    );
+    let why = tokio::select! {
+        result = &mut connection => match result {
+            Ok(Ok(())) => "closed by agent".to_owned(),
+            Ok(Err(e)) => format!("connection error: {e}"),
+            Err(e) => format!("connection task failed: {e}"),
+        },
+        _ = session.closed.cancelled() => "closed by relay".to_owned(),
+        _ = state.shutdown.cancelled() => "relay shutting down".to_owned(),
+    };
+    state.registry.remove(&session);
+    if !connection.is_finished() {
+        drain(&session, state.config.drain_timeout).await;
+        connection.abort();
+    }
+    tracing::info!(session = session.id, agent = %session.info.name, reason = %why, "agent disconnected");
+}
+
+/// Waits (bounded) for requests in flight on `session` to finish.
+async fn drain(session: &AgentSession, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while session.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks the agent who it is and which routes it serves.
+async fn fetch_info(mut sender: http2::SendRequest<BoxBody>) -> Result<AgentInfo, String> {
+    let uri = format!(
+        "http://{}{}",
+        protocol::CONTROL_AUTHORITY,
+        protocol::CONTROL_INFO_PATH
+    );
+    let request = Request::get(uri)
+        .body(empty_body())
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_INFO_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
