@@ -1,1 +1,131 @@
-fn main(){}
+//! `tether-agent`: run the daemon or check a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tether_agent::config::{AgentConfig, ProcessEnv};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "tether-agent", version, about = "Tether agent: private services for a cloud portal, over an outbound WebSocket")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// Configuration file.
+        #[arg(long, env = "TETHER_AGENT_CONFIG", default_value = "/etc/tether/agent.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and exit.
+    Check {
+        /// Configuration file.
+        #[arg(long, env = "TETHER_AGENT_CONFIG", default_value = "/etc/tether/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match AgentConfig::load(&config, &ProcessEnv) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (agent {:?}, {} route(s), relay {})",
+                    config.display(),
+                    c.identity.name,
+                    c.routes.len(),
+                    c.relay.url
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tether-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match AgentConfig::load(&config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tether-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tether-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn run(config: AgentConfig) -> ExitCode {
+    let name = config.identity.name.clone();
+    let agent = match tether_agent::Agent::start(config).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            eprintln!("tether-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(agent = %name, admin = ?agent.admin_addr(), version = env!("CARGO_PKG_VERSION"), "starting");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining sessions");
+        signal.cancel();
+    });
+    agent.run(shutdown).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TETHER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,531 @@
+//! The agent's configuration: TOML as written (`Raw*`, with spans) and the
+//! validated form the rest of the agent uses. Every error names the file
+//! and the line of the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use serde::Deserialize;
+use tether_wire::protocol::valid_route_name;
+use toml::Spanned;
+
+use crate::policy::{PathRule, RoutePolicy};
+
+/// Where the process environment is read, behind a trait so that tests
+/// never touch the real environment.
+pub trait Env {
+    /// The variable `name`, if set and UTF-8.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    relay: Spanned<RawRelay>,
+    agent: Spanned<RawAgent>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    routes: BTreeMap<Spanned<String>, Spanned<RawRoute>>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    url: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    connections: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    instance: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    url: Spanned<String>,
+    methods: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+// ---- the validated form --------------------------------------------------
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The relay connection.
+    pub relay: RelaySettings,
+    /// Who this agent is.
+    pub identity: Identity,
+    /// Health, readiness and metrics listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, Route>,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    pub drain_timeout: Duration,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `ws://` or `wss://` URL of the relay's connect endpoint.
+    pub url: Uri,
+    /// Where the token comes from; read at every connect, so an updated
+    /// file is used on the next session.
+    pub token: TokenSource,
+    /// Extra trust roots for the relay's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Parallel WebSocket sessions.
+    pub connections: u32,
+}
+
+/// Where the agent token comes from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// Written in the config (or `TETHER_TOKEN`).
+    Inline(crate::secret::SecretString),
+    /// A file whose contents (trimmed) are the token.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(***)"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Agent name; replicas of one deployment share it.
+    pub name: String,
+    /// Tags callers select on.
+    pub tags: Vec<String>,
+    /// Instance, telling replicas apart (hostname by default).
+    pub instance: String,
+}
+
+/// `[routes.NAME]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Route name.
+    pub name: String,
+    /// Scheme and authority of the upstream, e.g. `https://jenkins:8443`.
+    pub origin: String,
+    /// Path prefix of the upstream URL, without trailing `/` (may be empty).
+    pub base_path: String,
+    /// Methods and paths allowed.
+    pub policy: RoutePolicy,
+    /// Headers the agent sets on every request of this route, after the
+    /// caller's hop-by-hop headers are removed.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra trust roots for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed for the upstream's response head.
+    pub timeout: Duration,
+}
+
+/// Default time an upstream has to answer.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A problem at a place in the file.
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`, with `env` for `TETHER_*` overrides.
+    pub fn load(path: &Path, env: &impl Env) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source, env)
+    }
+
+    /// Parses and validates `source`, naming `path` in errors.
+    pub fn parse(path: &Path, source: &str, env: &impl Env) -> Result<Self, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = tether_wire::config_location::line_col(source, span.start);
+            ConfigError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(source)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_owned()))?;
+
+        let relay_span = raw.relay.span();
+        let relay = raw.relay.into_inner();
+        let url = match (env.var("TETHER_RELAY_URL"), &relay.url) {
+            (Some(url), _) => parse_relay_url(&url)
+                .map_err(|m| at(relay_span.clone(), format!("TETHER_RELAY_URL: {m}")))?,
+            (None, Some(url)) => {
+                parse_relay_url(url.get_ref()).map_err(|m| at(url.span(), format!("relay.url: {m}")))?
+            }
+            (None, None) => {
+                return Err(at(relay_span, "[relay] url is required".to_owned()));
+            }
+        };
+        let token = match (env.var("TETHER_TOKEN"), &relay.token, &relay.token_file) {
+            (_, Some(t), Some(_)) => {
+                return Err(at(t.span(), "set relay.token or relay.token_file, not both".into()));
+            }
+            (Some(t), _, _) => TokenSource::Inline(t.trim().to_owned().into()),
+            (None, Some(t), None) => TokenSource::Inline(t.get_ref().trim().to_owned().into()),
+            (None, None, Some(f)) => TokenSource::File(f.get_ref().clone()),
+            (None, None, None) => match env.var("CREDENTIALS_DIRECTORY") {
+                // systemd's LoadCredential=token:...
+                Some(dir) => TokenSource::File(Path::new(&dir).join("token")),
+                None => {
+                    return Err(at(
+                        relay_span,
+                        "[relay] needs token_file, token, or the TETHER_TOKEN environment variable"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        let connections = match &relay.connections {
+            Some(c) if !(1..=16).contains(c.get_ref()) => {
+                return Err(at(c.span(), "relay.connections must be 1 to 16".into()));
+            }
+            Some(c) => *c.get_ref(),
+            None => 2,
+        };
+
+        let agent_span = raw.agent.span();
+        let agent = raw.agent.into_inner();
+        if !valid_route_name(agent.name.get_ref()) {
+            return Err(at(
+                agent.name.span(),
+                "agent.name: use 1-64 of A-Z a-z 0-9 _ -".into(),
+            ));
+        }
+        let mut tags = Vec::new();
+        for tag in &agent.tags {
+            if !valid_route_name(tag.get_ref()) {
+                return Err(at(tag.span(), "agent.tags: use 1-64 of A-Z a-z 0-9 _ -".into()));
+            }
+            tags.push(tag.get_ref().clone());
+        }
+        let instance = match &agent.instance {
+            Some(i) if i.get_ref().is_empty() || i.get_ref().contains(',') => {
+                return Err(at(i.span(), "agent.instance may not be empty".into()));
+            }
+            Some(i) => i.get_ref().clone(),
+            None => hostname(env).unwrap_or_else(|| agent.name.get_ref().clone()),
+        };
+        let _ = agent_span;
+
+        let admin_listen = match raw.admin.and_then(|a| a.listen) {
+            Some(listen) => Some(
+                listen
+                    .get_ref()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| at(listen.span(), format!("admin.listen: {e}")))?,
+            ),
+            None => None,
+        };
+
+        let mut routes = BTreeMap::new();
+        for (name, route) in raw.routes {
+            let route_span = route.span();
+            let route = validate_route(name.get_ref(), route.into_inner())
+                .map_err(|(span, m)| at(span.unwrap_or(route_span), m))?;
+            routes.insert(name.into_inner(), route);
+        }
+
+        Ok(Self {
+            relay: RelaySettings {
+                url,
+                token,
+                ca_file: relay.ca_file.map(Spanned::into_inner),
+                connections,
+            },
+            identity: Identity {
+                name: agent.name.into_inner(),
+                tags,
+                instance,
+            },
+            admin_listen,
+            routes,
+            drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        })
+    }
+}
+
+type RouteError = (Option<std::ops::Range<usize>>, String);
+
+fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
+    if !valid_route_name(name) {
+        return Err((None, format!("route name {name:?}: use 1-64 of A-Z a-z 0-9 _ -")));
+    }
+    let url_err = |m: String| (Some(raw.url.span()), format!("routes.{name}.url: {m}"));
+    let uri: Uri = raw
+        .url
+        .get_ref()
+        .parse()
+        .map_err(|e| url_err(format!("{e}")))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    if scheme != "http" && scheme != "https" {
+        return Err(url_err("must be http:// or https://".into()));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(url_err("has no host".into()));
+    };
+    if authority.as_str().contains('@') {
+        return Err(url_err("credentials in the URL are not allowed; use headers".into()));
+    }
+    if uri.query().is_some() {
+        return Err(url_err("may not have a query".into()));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+
+    let methods = match raw.methods {
+        None => vec![Method::GET, Method::HEAD],
+        Some(list) => {
+            let mut methods = Vec::new();
+            for m in list {
+                let upper = m.get_ref().to_ascii_uppercase();
+                let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                    (Some(m.span()), format!("routes.{name}.methods: {:?} is not a method", m.get_ref()))
+                })?;
+                methods.push(method);
+            }
+            methods
+        }
+    };
+    let mut paths = Vec::new();
+    for p in &raw.paths {
+        paths.push(
+            PathRule::parse(p.get_ref())
+                .map_err(|m| (Some(p.span()), format!("routes.{name}.paths: {m}")))?,
+        );
+    }
+    let mut headers = Vec::new();
+    for (key, value) in &raw.headers {
+        let header_name = HeaderName::from_bytes(key.get_ref().as_bytes()).map_err(|_| {
+            (Some(key.span()), format!("routes.{name}.headers: {:?} is not a header name", key.get_ref()))
+        })?;
+        if value.get_ref().contains("${{") {
+            return Err((
+                Some(value.span()),
+                format!(
+                    "routes.{name}.headers.{}: secret placeholders need a [secrets] section, \
+                     which this agent version does not support yet",
+                    key.get_ref()
+                ),
+            ));
+        }
+        let header_value = HeaderValue::from_str(value.get_ref()).map_err(|_| {
+            (Some(value.span()), format!("routes.{name}.headers.{}: invalid header value", key.get_ref()))
+        })?;
+        headers.push((header_name, header_value));
+    }
+    let timeout = raw.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    if timeout.is_zero() {
+        return Err((None, format!("routes.{name}.timeout must be above zero")));
+    }
+    Ok(Route {
+        name: name.to_owned(),
+        origin: format!("{scheme}://{authority}"),
+        base_path,
+        policy: RoutePolicy::new(methods, paths),
+        headers,
+        ca_file: raw.ca_file.map(Spanned::into_inner),
+        timeout,
+    })
+}
+
+fn parse_relay_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("{e}"))?;
+    match uri.scheme_str() {
+        Some("wss" | "ws") => {}
+        _ => return Err("must start with wss:// (or ws:// for unencrypted)".into()),
+    }
+    if uri.host().is_none() {
+        return Err("has no host".into());
+    }
+    Ok(uri)
+}
+
+fn hostname(env: &impl Env) -> Option<String> {
+    env.var("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &str = r#"
+[relay]
+url = "wss://relay.example.com/v1/agent/connect"
+token = " tta_x "
+
+[agent]
+name = "eu-prod-1"
+tags = ["eu", "prod"]
+instance = "pod-a"
+
+[routes.jenkins]
+url = "https://jenkins.internal:8443/base/"
+methods = ["get", "POST"]
+paths = ["/api/**"]
+headers = { X-Team = "platform" }
+"#;
+
+    #[test]
+    fn minimal_config_validates() {
+        let c = AgentConfig::parse(Path::new("a.toml"), MINIMAL, &env(&[])).unwrap();
+        assert_eq!(c.relay.connections, 2);
+        assert_eq!(c.identity.instance, "pod-a");
+        let r = &c.routes["jenkins"];
+        assert_eq!(r.origin, "https://jenkins.internal:8443");
+        assert_eq!(r.base_path, "/base");
+        assert!(r.policy.check(&Method::POST, "/api/x").is_ok());
+        assert!(r.policy.check(&Method::DELETE, "/api/x").is_err());
+        match &c.relay.token {
+            TokenSource::Inline(t) => assert_eq!(t.expose(), "tta_x"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_overrides_url_and_token() {
+        let e = env(&[("TETHER_RELAY_URL", "ws://127.0.0.1:1/v1/agent/connect"), ("TETHER_TOKEN", "t2\n")]);
+        let c = AgentConfig::parse(Path::new("a.toml"), MINIMAL, &e).unwrap();
+        assert_eq!(c.relay.url.scheme_str(), Some("ws"));
+        match &c.relay.token {
+            TokenSource::Inline(t) => assert_eq!(t.expose(), "t2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn error_of(source: &str) -> String {
+        AgentConfig::parse(Path::new("a.toml"), source, &env(&[]))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad_path = MINIMAL.replace("\"/api/**\"", "\"api\"");
+        let e = error_of(&bad_path);
+        assert!(e.starts_with("a.toml:14:"), "{e}");
+        assert!(e.contains("routes.jenkins.paths"), "{e}");
+
+        let unknown = MINIMAL.replace("tags = ", "tagz = ");
+        let e = error_of(&unknown);
+        assert!(e.starts_with("a.toml:8:"), "{e}");
+
+        let bad_url = MINIMAL.replace("https://jenkins", "ftp://jenkins");
+        let e = error_of(&bad_url);
+        assert!(e.starts_with("a.toml:12:") && e.contains("routes.jenkins.url"), "{e}");
+
+        let bad_relay = MINIMAL.replace("wss://relay", "https://relay");
+        assert!(error_of(&bad_relay).starts_with("a.toml:3:"));
+
+        let no_token = MINIMAL.replace("token = \" tta_x \"", "");
+        assert!(error_of(&no_token).contains("token_file"));
+
+        let placeholder = MINIMAL.replace("\"platform\"", "\"${{ secrets.x }}\"");
+        assert!(error_of(&placeholder).contains("[secrets]"));
+
+        let bad_method = MINIMAL.replace("\"get\"", "\"G ET\"");
+        assert!(error_of(&bad_method).starts_with("a.toml:13:"));
+    }
+
+    #[test]
+    fn systemd_credential_is_the_token_fallback() {
+        let no_token = MINIMAL.replace("token = \" tta_x \"", "");
+        let c = AgentConfig::parse(
+            Path::new("a.toml"),
+            &no_token,
+            &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/tether-agent.service")]),
+        )
+        .unwrap();
+        match c.relay.token {
+            TokenSource::File(p) => assert!(p.ends_with("tether-agent.service/token")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! tether-agent: serves a cloud portal's requests to private services over
+//! outbound WebSockets.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated with file:line errors.
+//! - [`policy`]: path normalisation and the routes' allow rules.
+//! - [`backoff`]: reconnect delays with full jitter.
+//! - [`secret`]: a string type that never prints.
+//! - [`upstream`]: pooled HTTP(S) clients to internal services.
+//! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`Agent::start`] validates and binds; [`Agent::run`] serves until the
+//! shutdown token is cancelled, then drains.
+
+mod admin;
+pub mod backoff;
+pub mod config;
+pub mod dispatch;
+pub mod policy;
+pub mod secret;
+pub mod tunnel;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::dispatch::Dispatcher;
+use crate::tunnel::Sessions;
+use crate::upstream::TlsConfigError;
+
+/// Errors starting the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// An agent ready to run.
+pub struct Agent {
+    config: Arc<AgentConfig>,
+    dispatcher: Arc<Dispatcher>,
+    relay_tls: Arc<rustls::ClientConfig>,
+    admin: Option<TcpListener>,
+    sessions: Arc<Sessions>,
+}
+
+impl Agent {
+    /// Builds clients and trust stores and binds the admin listener.
+    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let dispatcher = Arc::new(Dispatcher::new(&config)?);
+        let mut relay_tls = upstream::tls_client_config(upstream::root_store(
+            config.relay.ca_file.as_deref(),
+        )?);
+        relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        if config.relay.url.scheme_str() == Some("ws") {
+            tracing::warn!(url = %config.relay.url,
+                "relay URL is ws:// — traffic to the relay is not encrypted");
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            dispatcher,
+            relay_tls: Arc::new(relay_tls),
+            admin,
+            sessions: Arc::new(Sessions::default()),
+        })
+    }
+
+    /// Address of the admin listener, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs every connection slot and the admin listener until `shutdown`;
+    /// then sends GOAWAY on each session and waits for requests in flight
+    /// (bounded by `drain_timeout`).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for slot in 0..self.config.relay.connections {
+            tracker.spawn(tunnel::run_slot(
+                slot,
+                self.config.clone(),
+                self.relay_tls.clone(),
+                self.dispatcher.clone(),
+                self.sessions.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = self.admin {
+            tracker.spawn(admin::serve(
+                listener,
+                self.sessions.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}

@@ -1,0 +1,271 @@
+//! The outbound sessions: dial the relay, upgrade to WebSocket, serve
+//! HTTP/2 over it, reconnect with backoff. One task per `connections` slot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Uri, header};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tether_wire::WsIo;
+use tether_wire::protocol::{self, header as th};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{AgentConfig, TokenSource};
+use crate::dispatch::Dispatcher;
+use crate::secret::SecretString;
+
+/// A session that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// First reconnect ceiling and the cap.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// TCP connect + TLS + upgrade must finish within this.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest WebSocket message accepted from the relay.
+const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// HTTP/2 keepalive towards the relay.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Byte stream under the WebSocket: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why one connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The token could not be read.
+    #[error("reading the token from {0}: {1}")]
+    Token(String, std::io::Error),
+    /// TCP or DNS failure.
+    #[error("connecting to {0}: {1}")]
+    Connect(String, std::io::Error),
+    /// TLS failure (including certificate verification).
+    #[error("TLS with {0}: {1}")]
+    Tls(String, std::io::Error),
+    /// The relay answered the upgrade with an HTTP error.
+    #[error("relay refused the session: HTTP {status}{hint}: {body}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// What it likely means.
+        hint: &'static str,
+        /// The problem document or body the relay sent (never holds a secret).
+        body: String,
+    },
+    /// Anything else in the WebSocket handshake.
+    #[error("WebSocket handshake: {0}")]
+    Handshake(String),
+    /// The whole attempt took too long.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Live session count, read by the admin readiness probe.
+#[derive(Debug, Default)]
+pub struct Sessions(AtomicUsize);
+
+impl Sessions {
+    /// Sessions currently up.
+    pub fn up(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs connection slot `slot` until `shutdown`: dial, serve, back off, again.
+pub async fn run_slot(
+    slot: u32,
+    config: Arc<AgentConfig>,
+    tls: Arc<rustls::ClientConfig>,
+    dispatcher: Arc<Dispatcher>,
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    while !shutdown.is_cancelled() {
+        let dial = tokio::time::timeout(DIAL_TIMEOUT, dial(&config, &tls));
+        let result = tokio::select! {
+            result = dial => result.unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT))),
+            () = shutdown.cancelled() => break,
+        };
+        match result {
+            Ok(io) => {
+                let started = Instant::now();
+                sessions.0.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(slot, relay = %config.relay.url, "session up");
+                let why = serve_session(io, &config, dispatcher.clone(), &shutdown).await;
+                sessions.0.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(slot, reason = %why, "session ended");
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+            }
+            Err(e) => tracing::warn!(slot, relay = %config.relay.url, error = %e, "cannot open session"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let delay = backoff.next_delay(&mut rand::rng());
+        tracing::debug!(slot, ?delay, "reconnecting after delay");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Serves HTTP/2 over an established WebSocket until it ends; on shutdown
+/// sends GOAWAY and lets streams in flight finish (bounded).
+async fn serve_session(
+    io: WsIo<Box<dyn Io>>,
+    config: &AgentConfig,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: &CancellationToken,
+) -> String {
+    let service = service_fn(move |req| {
+        let dispatcher = dispatcher.clone();
+        async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(req).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .adaptive_window(true)
+        .max_concurrent_streams(1024)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(config.drain_timeout, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => return "drain timeout: closed with requests in flight".into(),
+            }
+        }
+    };
+    match result {
+        Ok(()) => "closed".into(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// One attempt: TCP, TLS if `wss`, WebSocket upgrade with our headers.
+async fn dial(
+    config: &AgentConfig,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<WsIo<Box<dyn Io>>, DialError> {
+    let url = &config.relay.url;
+    let secure = url.scheme_str() == Some("wss");
+    let host = url.host().unwrap_or_default().to_owned();
+    let port = url.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let token = read_token(&config.relay.token).await?;
+
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tcp = TcpStream::connect((bare_host.as_str(), port))
+        .await
+        .map_err(|e| DialError::Connect(format!("{host}:{port}"), e))?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if secure {
+        let name = rustls_pki_types::ServerName::try_from(bare_host.clone())
+            .map_err(|e| DialError::Tls(host.clone(), std::io::Error::other(e)))?;
+        let tls = TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| DialError::Tls(host.clone(), e))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+
+    let request = handshake_request(url, &token, config)?;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let (ws, response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+            .await
+            .map_err(refusal)?;
+    let agreed = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    if agreed != Some(protocol::SUBPROTOCOL_V1) {
+        return Err(DialError::Handshake(format!(
+            "relay agreed on protocol {agreed:?}, expected {}",
+            protocol::SUBPROTOCOL_V1
+        )));
+    }
+    Ok(WsIo::new(ws))
+}
+
+fn handshake_request(
+    url: &Uri,
+    token: &SecretString,
+    config: &AgentConfig,
+) -> Result<http::Request<()>, DialError> {
+    let mut request = url
+        .to_string()
+        .into_client_request()
+        .map_err(|e| DialError::Handshake(e.to_string()))?;
+    let value = |s: &str| {
+        HeaderValue::from_str(s).map_err(|_| DialError::Handshake("header value not usable".into()))
+    };
+    let h = request.headers_mut();
+    let mut auth = value(&format!("Bearer {}", token.expose()))?;
+    auth.set_sensitive(true);
+    h.insert(header::AUTHORIZATION, auth);
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol::SUBPROTOCOL_V1),
+    );
+    h.insert(th::AGENT_NAME, value(&config.identity.name)?);
+    h.insert(th::AGENT_INSTANCE, value(&config.identity.instance)?);
+    h.insert(th::AGENT_VERSION, HeaderValue::from_static(env!("CARGO_PKG_VERSION")));
+    if !config.identity.tags.is_empty() {
+        h.insert(th::AGENT_TAGS, value(&config.identity.tags.join(","))?);
+    }
+    Ok(request)
+}
+
+fn refusal(e: tokio_tungstenite::tungstenite::Error) -> DialError {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Http(response) => {
+            let status = response.status().as_u16();
+            let hint = match status {
+                401 => " (token invalid, revoked or expired)",
+                426 => " (the relay does not speak this agent's protocol version)",
+                429 => " (rate limited)",
+                _ => "",
+            };
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
+                .unwrap_or_default();
+            DialError::Refused { status, hint, body }
+        }
+        Error::Io(e) => DialError::Handshake(e.to_string()),
+        other => DialError::Handshake(other.to_string()),
+    }
+}
+
+async fn read_token(source: &TokenSource) -> Result<SecretString, DialError> {
+    match source {
+        TokenSource::Inline(token) => Ok(token.clone()),
+        TokenSource::File(path) => tokio::fs::read_to_string(path)
+            .await
+            .map(|s| SecretString::from(s.trim().to_owned()))
+            .map_err(|e| DialError::Token(path.display().to_string(), e)),
+    }
+}

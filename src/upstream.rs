@@ -1,0 +1,109 @@
+//! Pooled HTTP(S) clients towards internal services.
+//!
+//! One hyper-util pooled client per distinct trust configuration: the
+//! system roots, plus a route's `ca_file` when it has one. HTTP/1.1 and
+//! HTTP/2 (by ALPN) are both spoken; connections are reused across requests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tether_wire::BoxBody;
+
+/// The client type used for every upstream.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// How long a TCP connect to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a trust configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct TlsConfigError {
+    /// The CA file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Builds and shares clients by CA file.
+#[derive(Default)]
+pub struct Clients {
+    by_ca: HashMap<Option<PathBuf>, UpstreamClient>,
+}
+
+impl Clients {
+    /// The client for routes trusting the system roots plus `ca_file`.
+    pub fn get(&mut self, ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
+        let key = ca_file.map(Path::to_owned);
+        if let Some(client) = self.by_ca.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(ca_file)?;
+        self.by_ca.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// Root store: the system's roots plus the certificates in `extra`.
+pub fn root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra {
+        let err = |message: String| TlsConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no PEM certificate found".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A rustls client config with the ring provider and `roots`.
+pub fn tls_client_config(roots: RootCertStore) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
+    let tls = tls_client_config(root_store(ca_file)?);
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector))
+}
