@@ -80,8 +80,14 @@ mod tests {
                 b.next_delay(&mut rng)
             })
             .collect();
-        let early = draws.iter().filter(|d| **d < Duration::from_secs(10)).count();
-        assert!((250..=420).contains(&early), "{early} of 1000 in the first third");
+        let early = draws
+            .iter()
+            .filter(|d| **d < Duration::from_secs(10))
+            .count();
+        assert!(
+            (250..=420).contains(&early),
+            "{early} of 1000 in the first third"
+        );
     }
 
     #[test]

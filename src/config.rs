@@ -228,16 +228,18 @@ impl AgentConfig {
         let url = match (env.var("TETHER_RELAY_URL"), &relay.url) {
             (Some(url), _) => parse_relay_url(&url)
                 .map_err(|m| at(relay_span.clone(), format!("TETHER_RELAY_URL: {m}")))?,
-            (None, Some(url)) => {
-                parse_relay_url(url.get_ref()).map_err(|m| at(url.span(), format!("relay.url: {m}")))?
-            }
+            (None, Some(url)) => parse_relay_url(url.get_ref())
+                .map_err(|m| at(url.span(), format!("relay.url: {m}")))?,
             (None, None) => {
                 return Err(at(relay_span, "[relay] url is required".to_owned()));
             }
         };
         let token = match (env.var("TETHER_TOKEN"), &relay.token, &relay.token_file) {
             (_, Some(t), Some(_)) => {
-                return Err(at(t.span(), "set relay.token or relay.token_file, not both".into()));
+                return Err(at(
+                    t.span(),
+                    "set relay.token or relay.token_file, not both".into(),
+                ));
             }
             (Some(t), _, _) => TokenSource::Inline(t.trim().to_owned().into()),
             (None, Some(t), None) => TokenSource::Inline(t.get_ref().trim().to_owned().into()),
@@ -273,7 +275,10 @@ impl AgentConfig {
         let mut tags = Vec::new();
         for tag in &agent.tags {
             if !valid_route_name(tag.get_ref()) {
-                return Err(at(tag.span(), "agent.tags: use 1-64 of A-Z a-z 0-9 _ -".into()));
+                return Err(at(
+                    tag.span(),
+                    "agent.tags: use 1-64 of A-Z a-z 0-9 _ -".into(),
+                ));
             }
             tags.push(tag.get_ref().clone());
         }
@@ -327,7 +332,10 @@ type RouteError = (Option<std::ops::Range<usize>>, String);
 
 fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
     if !valid_route_name(name) {
-        return Err((None, format!("route name {name:?}: use 1-64 of A-Z a-z 0-9 _ -")));
+        return Err((
+            None,
+            format!("route name {name:?}: use 1-64 of A-Z a-z 0-9 _ -"),
+        ));
     }
     let url_err = |m: String| (Some(raw.url.span()), format!("routes.{name}.url: {m}"));
     let uri: Uri = raw
@@ -343,7 +351,9 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
         return Err(url_err("has no host".into()));
     };
     if authority.as_str().contains('@') {
-        return Err(url_err("credentials in the URL are not allowed; use headers".into()));
+        return Err(url_err(
+            "credentials in the URL are not allowed; use headers".into(),
+        ));
     }
     if uri.query().is_some() {
         return Err(url_err("may not have a query".into()));
@@ -357,7 +367,10 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
             for m in list {
                 let upper = m.get_ref().to_ascii_uppercase();
                 let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
-                    (Some(m.span()), format!("routes.{name}.methods: {:?} is not a method", m.get_ref()))
+                    (
+                        Some(m.span()),
+                        format!("routes.{name}.methods: {:?} is not a method", m.get_ref()),
+                    )
                 })?;
                 methods.push(method);
             }
@@ -374,7 +387,13 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
     let mut headers = Vec::new();
     for (key, value) in &raw.headers {
         let header_name = HeaderName::from_bytes(key.get_ref().as_bytes()).map_err(|_| {
-            (Some(key.span()), format!("routes.{name}.headers: {:?} is not a header name", key.get_ref()))
+            (
+                Some(key.span()),
+                format!(
+                    "routes.{name}.headers: {:?} is not a header name",
+                    key.get_ref()
+                ),
+            )
         })?;
         if value.get_ref().contains("${{") {
             return Err((
@@ -387,7 +406,13 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
             ));
         }
         let header_value = HeaderValue::from_str(value.get_ref()).map_err(|_| {
-            (Some(value.span()), format!("routes.{name}.headers.{}: invalid header value", key.get_ref()))
+            (
+                Some(value.span()),
+                format!(
+                    "routes.{name}.headers.{}: invalid header value",
+                    key.get_ref()
+                ),
+            )
         })?;
         headers.push((header_name, header_value));
     }
@@ -471,7 +496,10 @@ headers = { X-Team = "platform" }
 
     #[test]
     fn env_overrides_url_and_token() {
-        let e = env(&[("TETHER_RELAY_URL", "ws://127.0.0.1:1/v1/agent/connect"), ("TETHER_TOKEN", "t2\n")]);
+        let e = env(&[
+            ("TETHER_RELAY_URL", "ws://127.0.0.1:1/v1/agent/connect"),
+            ("TETHER_TOKEN", "t2\n"),
+        ]);
         let c = AgentConfig::parse(Path::new("a.toml"), MINIMAL, &e).unwrap();
         assert_eq!(c.relay.url.scheme_str(), Some("ws"));
         match &c.relay.token {
@@ -499,7 +527,10 @@ headers = { X-Team = "platform" }
 
         let bad_url = MINIMAL.replace("https://jenkins", "ftp://jenkins");
         let e = error_of(&bad_url);
-        assert!(e.starts_with("a.toml:12:") && e.contains("routes.jenkins.url"), "{e}");
+        assert!(
+            e.starts_with("a.toml:12:") && e.contains("routes.jenkins.url"),
+            "{e}"
+        );
 
         let bad_relay = MINIMAL.replace("wss://relay", "https://relay");
         assert!(error_of(&bad_relay).starts_with("a.toml:3:"));
@@ -520,7 +551,10 @@ headers = { X-Team = "platform" }
         let c = AgentConfig::parse(
             Path::new("a.toml"),
             &no_token,
-            &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/tether-agent.service")]),
+            &env(&[(
+                "CREDENTIALS_DIRECTORY",
+                "/run/credentials/tether-agent.service",
+            )]),
         )
         .unwrap();
         match c.relay.token {

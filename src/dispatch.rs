@@ -111,7 +111,10 @@ impl Dispatcher {
         audit.path = &rest;
         let Some(live) = self.routes.get(route_name) else {
             audit.log(StatusCode::NOT_FOUND, "no_such_route");
-            return fail(ErrorCode::NoSuchRoute, format!("no route {route_name:?} on this agent"));
+            return fail(
+                ErrorCode::NoSuchRoute,
+                format!("no route {route_name:?} on this agent"),
+            );
         };
         let route = &live.route;
         let path = match route.policy.check(&method, &rest) {
@@ -142,8 +145,7 @@ impl Dispatcher {
         }
         let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
 
-        let response =
-            tokio::time::timeout(route.timeout, live.client.request(upstream_req)).await;
+        let response = tokio::time::timeout(route.timeout, live.client.request(upstream_req)).await;
         let response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {

@@ -64,9 +64,8 @@ impl Agent {
     /// Builds clients and trust stores and binds the admin listener.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let dispatcher = Arc::new(Dispatcher::new(&config)?);
-        let mut relay_tls = upstream::tls_client_config(upstream::root_store(
-            config.relay.ca_file.as_deref(),
-        )?);
+        let mut relay_tls =
+            upstream::tls_client_config(upstream::root_store(config.relay.ca_file.as_deref())?);
         relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let admin = match config.admin_listen {
             Some(addr) => Some(

@@ -8,7 +8,11 @@ use tether_agent::config::{AgentConfig, ProcessEnv};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "tether-agent", version, about = "Tether agent: private services for a cloud portal, over an outbound WebSocket")]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "Tether agent: private services for a cloud portal, over an outbound WebSocket"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -28,13 +32,21 @@ enum Command {
     /// Run the agent.
     Run {
         /// Configuration file.
-        #[arg(long, env = "TETHER_AGENT_CONFIG", default_value = "/etc/tether/agent.toml")]
+        #[arg(
+            long,
+            env = "TETHER_AGENT_CONFIG",
+            default_value = "/etc/tether/agent.toml"
+        )]
         config: PathBuf,
     },
     /// Validate the configuration and exit.
     Check {
         /// Configuration file.
-        #[arg(long, env = "TETHER_AGENT_CONFIG", default_value = "/etc/tether/agent.toml")]
+        #[arg(
+            long,
+            env = "TETHER_AGENT_CONFIG",
+            default_value = "/etc/tether/agent.toml"
+        )]
         config: PathBuf,
     },
 }
@@ -103,7 +115,10 @@ async fn run(config: AgentConfig) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -221,7 +221,17 @@ mod tests {
 
     #[test]
     fn normalisation_refuses_escapes_and_encoded_separators() {
-        for bad in ["/..", "/a/../..", "/%2e%2e/x", "/a%2fb", "/a%2F..", "/a\\b", "/a%5cb", "/a%00", "a"] {
+        for bad in [
+            "/..",
+            "/a/../..",
+            "/%2e%2e/x",
+            "/a%2fb",
+            "/a%2F..",
+            "/a\\b",
+            "/a%5cb",
+            "/a%00",
+            "a",
+        ] {
             assert!(normalize(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -271,12 +281,27 @@ mod tests {
             vec![rule("/api/**"), rule("/job/*/api/json")],
         );
         assert_eq!(p.check(&Method::GET, "/api/x").unwrap(), "/api/x");
-        assert_eq!(p.check(&Method::POST, "/api/x"), Err(Denial::Method("POST".into())));
-        assert!(matches!(p.check(&Method::GET, "/api/../admin"), Err(Denial::Path(_))));
-        assert!(matches!(p.check(&Method::GET, "/api/%2e%2e/admin"), Err(Denial::Path(_))));
-        assert!(matches!(p.check(&Method::GET, "/api/../../admin"), Err(Denial::BadPath(_))));
+        assert_eq!(
+            p.check(&Method::POST, "/api/x"),
+            Err(Denial::Method("POST".into()))
+        );
+        assert!(matches!(
+            p.check(&Method::GET, "/api/../admin"),
+            Err(Denial::Path(_))
+        ));
+        assert!(matches!(
+            p.check(&Method::GET, "/api/%2e%2e/admin"),
+            Err(Denial::Path(_))
+        ));
+        assert!(matches!(
+            p.check(&Method::GET, "/api/../../admin"),
+            Err(Denial::BadPath(_))
+        ));
         assert_eq!(p.check(&Method::GET, "//api//x").unwrap(), "/api/x");
         let none = RoutePolicy::new(vec![Method::GET], vec![]);
-        assert!(none.check(&Method::GET, "/").is_err(), "no rules: default deny");
+        assert!(
+            none.check(&Method::GET, "/").is_err(),
+            "no rules: default deny"
+        );
     }
 }

@@ -109,7 +109,9 @@ pub async fn run_slot(
                     backoff.reset();
                 }
             }
-            Err(e) => tracing::warn!(slot, relay = %config.relay.url, error = %e, "cannot open session"),
+            Err(e) => {
+                tracing::warn!(slot, relay = %config.relay.url, error = %e, "cannot open session")
+            }
         }
         if shutdown.is_cancelled() {
             break;
@@ -170,7 +172,10 @@ async fn dial(
     let port = url.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let token = read_token(&config.relay.token).await?;
 
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let tcp = TcpStream::connect((bare_host.as_str(), port))
         .await
         .map_err(|e| DialError::Connect(format!("{host}:{port}"), e))?;
@@ -230,7 +235,10 @@ fn handshake_request(
     );
     h.insert(th::AGENT_NAME, value(&config.identity.name)?);
     h.insert(th::AGENT_INSTANCE, value(&config.identity.instance)?);
-    h.insert(th::AGENT_VERSION, HeaderValue::from_static(env!("CARGO_PKG_VERSION")));
+    h.insert(
+        th::AGENT_VERSION,
+        HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
     if !config.identity.tags.is_empty() {
         h.insert(th::AGENT_TAGS, value(&config.identity.tags.join(","))?);
     }

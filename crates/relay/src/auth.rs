@@ -144,7 +144,10 @@ impl Authenticator {
     fn due_for_touch(&self, key: &(KindKey, String), now: Instant) -> bool {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         match cache.get_mut(key) {
-            Some(c) if c.touched.is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY) => {
+            Some(c)
+                if c.touched
+                    .is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY) =>
+            {
                 c.touched = Some(now);
                 true
             }

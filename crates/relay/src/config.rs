@@ -201,9 +201,9 @@ impl RelayConfig {
     /// Parses and validates `source`, naming `path` in errors.
     pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(source).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map_or((1, 1), |s| tether_wire::config_location::line_col(source, s.start));
+            let (line, column) = e.span().map_or((1, 1), |s| {
+                tether_wire::config_location::line_col(source, s.start)
+            });
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -224,7 +224,9 @@ impl RelayConfig {
             return Err(invalid("[store] url: expected sqlite://PATH"));
         }
         if self.agents.ping_interval.is_zero() || self.agents.ping_timeout.is_zero() {
-            return Err(invalid("[agents] ping_interval and ping_timeout must be above zero"));
+            return Err(invalid(
+                "[agents] ping_interval and ping_timeout must be above zero",
+            ));
         }
         if self.limits.max_header_bytes < 8 * 1024 {
             return Err(invalid("[limits] max_header_bytes must be at least 8192"));

@@ -74,7 +74,10 @@ pub(crate) async fn handle_route(
         .and_then(|v| v.to_str().ok())
         .map(protocol::parse_tags)
         .unwrap_or_default();
-    let session = match state.registry.select(&caller.account, &selector, Some(&route)) {
+    let session = match state
+        .registry
+        .select(&caller.account, &selector, Some(&route))
+    {
         Ok(session) => session,
         Err(SelectError::NoAgent) => {
             return fail(

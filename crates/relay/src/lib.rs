@@ -81,7 +81,10 @@ pub struct Relay {
 impl Relay {
     /// Opens the store and binds the listeners of `config`. Serving starts
     /// with [`Relay::run`] and stops when `shutdown` is cancelled.
-    pub async fn bind(config: RelayConfig, shutdown: CancellationToken) -> Result<Self, RelayError> {
+    pub async fn bind(
+        config: RelayConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RelayError> {
         let store = Store::open(&config.store.url).await?;
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let public = bind(config.listen.public).await?;
@@ -107,7 +110,9 @@ impl Relay {
 
     /// Address of the public listener.
     pub fn public_addr(&self) -> SocketAddr {
-        self.public.local_addr().unwrap_or(self.state.config.listen.public)
+        self.public
+            .local_addr()
+            .unwrap_or(self.state.config.listen.public)
     }
 
     /// Address of the admin listener, if any.

@@ -10,7 +10,11 @@ use tether_relay::store::Store;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "tether-relay", version, about = "Tether relay: the cloud side of the tunnel")]
+#[command(
+    name = "tether-relay",
+    version,
+    about = "Tether relay: the cloud side of the tunnel"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it: loopback defaults and
     /// ./tether-relay.db.
@@ -143,7 +147,10 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

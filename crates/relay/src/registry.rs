@@ -164,7 +164,9 @@ impl Registry {
     /// Adds a session.
     pub fn insert(&self, session: Arc<AgentSession>) {
         let mut map = self.by_account.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(session.account.clone()).or_default().push(session);
+        map.entry(session.account.clone())
+            .or_default()
+            .push(session);
     }
 
     /// Removes a session (no-op if absent).

@@ -49,17 +49,17 @@ pub(crate) async fn handle_connect(
 ) -> Response<BoxBody> {
     let hello = match check_handshake(req.method(), req.headers()) {
         Ok(hello) => hello,
-        Err(response) => return response,
+        Err(problem) => return refusal(problem),
     };
     let identity = match authenticate(&state, req.headers()).await {
         Ok(identity) => identity,
-        Err(response) => {
+        Err(problem) => {
             tracing::info!(%remote, agent = %hello.name, "agent refused: bad token");
-            return response;
+            return refusal(problem);
         }
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return bad_request("missing Sec-WebSocket-Key");
+        return refusal(bad_request("missing Sec-WebSocket-Key"));
     };
     let accept = derive_accept_key(key.as_bytes());
     let mut response = Response::new(empty_body());
@@ -67,7 +67,10 @@ pub(crate) async fn handle_connect(
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(hello.version));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(hello.version),
+    );
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -76,14 +79,25 @@ pub(crate) async fn handle_connect(
     response
 }
 
+/// The answer to a refused handshake; a 426 lists the versions we speak.
+fn refusal(problem: Problem) -> Response<BoxBody> {
+    let unsupported = problem.code == ErrorCode::UnsupportedVersion;
+    let mut response = problem.into_response();
+    if unsupported {
+        let supported = protocol::SUPPORTED_VERSIONS.join(", ");
+        if let Ok(v) = HeaderValue::from_str(&supported) {
+            response.headers_mut().insert(th::SUPPORTED_VERSIONS, v);
+        }
+    }
+    response
+}
+
 /// Checks method, upgrade headers, version and agent name.
-fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Response<BoxBody>> {
+fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Problem> {
     let has = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     if method != Method::GET
@@ -93,7 +107,9 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Respon
             .get(header::SEC_WEBSOCKET_VERSION)
             .is_none_or(|v| v != "13")
     {
-        return Err(bad_request("expected a WebSocket upgrade (GET, version 13)"));
+        return Err(bad_request(
+            "expected a WebSocket upgrade (GET, version 13)",
+        ));
     }
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -101,52 +117,50 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Respon
         .filter_map(|v| v.to_str().ok())
         .find_map(protocol::negotiate_version);
     let Some(version) = offered else {
-        let supported = protocol::SUPPORTED_VERSIONS.join(", ");
-        let mut response = Problem::new(
+        return Err(Problem::new(
             ErrorCode::UnsupportedVersion,
-            format!("this relay speaks {supported}; upgrade the agent"),
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&supported) {
-            response.headers_mut().insert(th::SUPPORTED_VERSIONS, v);
-        }
-        return Err(response);
+            format!(
+                "this relay speaks {}; upgrade the agent",
+                protocol::SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
     };
     let name = headers
         .get(th::AGENT_NAME)
         .and_then(|v| v.to_str().ok())
         .filter(|n| protocol::valid_route_name(n))
-        .ok_or_else(|| {
-            bad_request("Tether-Agent-Name is required: 1-64 of A-Z a-z 0-9 _ -")
-        })?;
+        .ok_or_else(|| bad_request("Tether-Agent-Name is required: 1-64 of A-Z a-z 0-9 _ -"))?;
     Ok(Hello {
         name: name.to_owned(),
         version,
     })
 }
 
-async fn authenticate(state: &State, headers: &HeaderMap) -> Result<Identity, Response<BoxBody>> {
+async fn authenticate(state: &State, headers: &HeaderMap) -> Result<Identity, Problem> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(credential::bearer);
     let Some(value) = value else {
-        return Err(Problem::new(ErrorCode::Unauthorized, "agent token required").into_response());
+        return Err(Problem::new(
+            ErrorCode::Unauthorized,
+            "agent token required",
+        ));
     };
     match state.auth.verify(Kind::AgentToken, value).await {
         Ok(identity) => Ok(identity),
         Err(AuthError::Malformed | AuthError::Invalid) => {
-            Err(Problem::new(ErrorCode::Unauthorized, "invalid agent token").into_response())
+            Err(Problem::new(ErrorCode::Unauthorized, "invalid agent token"))
         }
         Err(AuthError::Store(e)) => {
             tracing::error!(error = %e, "token check failed: store unavailable");
-            Err(Problem::new(ErrorCode::Internal, "token store unavailable").into_response())
+            Err(Problem::new(ErrorCode::Internal, "token store unavailable"))
         }
     }
 }
 
-fn bad_request(detail: &str) -> Response<BoxBody> {
-    Problem::new(ErrorCode::BadRequest, detail).into_response()
+fn bad_request(detail: &str) -> Problem {
+    Problem::new(ErrorCode::BadRequest, detail)
 }
 
 /// Owns one agent session from the upgrade to its end.

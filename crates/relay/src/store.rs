@@ -154,14 +154,20 @@ impl Store {
 
     /// The agent token with lookup id `id`.
     pub async fn token(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
-        self.fetch(&format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE id = ?"), id)
-            .await
+        self.fetch(
+            &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE id = ?"),
+            id,
+        )
+        .await
     }
 
     /// The API key with lookup id `id`.
     pub async fn key(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
-        self.fetch(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"), id)
-            .await
+        self.fetch(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"),
+            id,
+        )
+        .await
     }
 
     /// Records a successful use of a credential.
@@ -302,7 +308,15 @@ mod tests {
         assert!(store.token(&key.id).await.unwrap().is_none());
         assert!(store.key(&key.id).await.unwrap().is_some());
         store.touch(Kind::ApiKey, &key.id).await.unwrap();
-        assert!(store.key(&key.id).await.unwrap().unwrap().last_used.is_some());
+        assert!(
+            store
+                .key(&key.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used
+                .is_some()
+        );
     }
 
     #[tokio::test]

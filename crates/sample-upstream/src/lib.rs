@@ -103,7 +103,11 @@ fn echo(req: &Request<Incoming>) -> Response<BoxBody> {
             .entry(name.as_str().to_owned())
             .or_insert_with(|| serde_json::Value::Array(Vec::new()));
         if let serde_json::Value::Array(list) = entry {
-            list.push(String::from_utf8_lossy(value.as_bytes()).into_owned().into());
+            list.push(
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
+            );
         }
     }
     let doc = serde_json::json!({

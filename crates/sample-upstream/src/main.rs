@@ -5,7 +5,12 @@ use std::net::SocketAddr;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let addr: SocketAddr = match std::env::args().nth(1).as_deref().unwrap_or("127.0.0.1:0").parse() {
+    let addr: SocketAddr = match std::env::args()
+        .nth(1)
+        .as_deref()
+        .unwrap_or("127.0.0.1:0")
+        .parse()
+    {
         Ok(addr) => addr,
         Err(e) => {
             eprintln!("tether-sample-upstream: bad address: {e}");

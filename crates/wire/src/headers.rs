@@ -3,14 +3,15 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies know):
-/// they describe one connection and must not be forwarded.
+/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the proxy credentials, which
+/// belong to the hop that asked for them): they describe one connection and
+/// must not be forwarded. `Trailer` is end-to-end (it declares the trailer
+/// fields) and stays.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::TRAILER,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
 ];
@@ -23,7 +24,17 @@ const LEGACY_HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection"];
 ///
 /// This runs *before* anything is injected, so a caller cannot name an
 /// injected header in `Connection` to have it stripped again.
+///
+/// `TE: trailers` is the one TE value carried on: it says the client can
+/// take trailers, which the upstream needs to know to send them (HTTP/2
+/// allows exactly this value, RFC 9113 §8.2.2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -36,6 +47,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in LEGACY_HOP_BY_HOP {
         headers.remove(*name);
+    }
+    if wants_trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
 }
 
@@ -59,17 +73,31 @@ mod tests {
     #[test]
     fn removes_hop_by_hop_and_connection_named_fields() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, X-Secret-Ish"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, X-Secret-Ish"),
+        );
         h.insert("x-secret-ish", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("Bearer k"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("authorization", HeaderValue::from_static("Bearer mine"));
         h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 2, "left: {left:?}");
         assert!(h.contains_key("authorization") && h.contains_key("accept"));
+    }
+
+    #[test]
+    fn te_trailers_is_kept_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        h.insert("trailer", HeaderValue::from_static("x-checksum"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["trailer"], "x-checksum");
     }
 
     #[test]

@@ -121,9 +121,18 @@ mod tests {
 
     #[test]
     fn route_paths_split_into_name_and_rest() {
-        assert_eq!(split_route_path("/v1/routes/jenkins/api/json"), Some(("jenkins", "/api/json")));
-        assert_eq!(split_route_path("/v1/routes/jenkins"), Some(("jenkins", "/")));
-        assert_eq!(split_route_path("/v1/routes/jenkins/"), Some(("jenkins", "/")));
+        assert_eq!(
+            split_route_path("/v1/routes/jenkins/api/json"),
+            Some(("jenkins", "/api/json"))
+        );
+        assert_eq!(
+            split_route_path("/v1/routes/jenkins"),
+            Some(("jenkins", "/"))
+        );
+        assert_eq!(
+            split_route_path("/v1/routes/jenkins/"),
+            Some(("jenkins", "/"))
+        );
         assert_eq!(split_route_path("/v1/routes/../x"), None);
         assert_eq!(split_route_path("/v1/routes/%6aenkins/x"), None);
         assert_eq!(split_route_path("/v1/routes//x"), None);

@@ -87,10 +87,8 @@ pub async fn serve(
             match tls {
                 None => serve_connection(tcp, remote, &options, handler, shutdown).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        options.tls_handshake_timeout,
-                        acceptor.accept(tcp),
-                    );
+                    let handshake =
+                        tokio::time::timeout(options.tls_handshake_timeout, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(stream)) => {
                             serve_connection(stream, remote, &options, handler, shutdown).await

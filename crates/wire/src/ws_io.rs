@@ -142,9 +142,7 @@ where
         let this = self.get_mut();
         ready!(this.poll_send_buffered(cx))?;
         match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                Poll::Ready(Ok(()))
-            }
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(write_error(e))),
         }
     }

@@ -1,0 +1,115 @@
+//! The relay's admin CLI, run as a process.
+
+use std::process::Command;
+
+fn relay(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let config = dir.join("relay.toml");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"sqlite://{}\"\n",
+                dir.join("r.db").display()
+            ),
+        )
+        .unwrap();
+    }
+    Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn create_prints_the_secret_alone_and_stores_only_a_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay(
+        dir.path(),
+        &["tokens", "create", "--account", "acme", "--name", "eu"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.trim_end_matches('\n');
+    assert!(!token.contains('\n'));
+    assert!(token.starts_with("tta_") && token.len() == 85, "{token}");
+    // The log line names the id, never the secret.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(&token[21..]), "{stderr}");
+
+    let out = relay(dir.path(), &["keys", "create", "--account", "acme"]);
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert!(key.trim().starts_with("ttk_"));
+    let db = std::fs::read(dir.path().join("r.db")).unwrap_or_default();
+    let wal = std::fs::read(dir.path().join("r.db-wal")).unwrap_or_default();
+    for secret in [&token[21..], &key.trim()[21..]] {
+        for file in [&db, &wal] {
+            assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+    }
+}
+
+#[test]
+fn config_comes_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{}\"\n",
+            dir.path().join("r.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "create", "--account", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn bad_account_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay(dir.path(), &["keys", "create", "--account", "has space"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid account name"));
+}
+
+#[test]
+fn config_error_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[listen]\npublic = \"127.0.0.1:0\"\nadmn = \"x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("admn"), "{stderr}");
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/relay.example.toml");
+    tether_relay::config::RelayConfig::load(&path).unwrap();
+}
