@@ -264,7 +264,6 @@ impl AgentConfig {
             None => 2,
         };
 
-        let agent_span = raw.agent.span();
         let agent = raw.agent.into_inner();
         if !valid_route_name(agent.name.get_ref()) {
             return Err(at(
@@ -289,7 +288,6 @@ impl AgentConfig {
             Some(i) => i.get_ref().clone(),
             None => hostname(env).unwrap_or_else(|| agent.name.get_ref().clone()),
         };
-        let _ = agent_span;
 
         let admin_listen = match raw.admin.and_then(|a| a.listen) {
             Some(listen) => Some(

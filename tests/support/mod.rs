@@ -208,12 +208,23 @@ impl Agent {
     /// Starts an agent named `name` with `token` and the given `[routes…]`
     /// TOML.
     pub fn start(relay_url: &str, token: &str, name: &str, routes: &str) -> Self {
+        Self::start_with(relay_url, token, name, "", routes)
+    }
+
+    /// Like [`Agent::start`], with extra `[relay]` keys.
+    pub fn start_with(
+        relay_url: &str,
+        token: &str,
+        name: &str,
+        relay_extra: &str,
+        routes: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "drain_timeout = \"2s\"\n[relay]\nurl = \"{relay_url}\"\ntoken = \"{token}\"\n\n\
+                "drain_timeout = \"2s\"\n[relay]\nurl = \"{relay_url}\"\ntoken = \"{token}\"\n{relay_extra}\n\
                  [agent]\nname = \"{name}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{routes}\n"
             ),
         )

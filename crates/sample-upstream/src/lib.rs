@@ -30,11 +30,20 @@ use tokio_util::task::TaskTracker;
 
 /// Binds `addr` and serves until `shutdown`; returns the bound address.
 pub async fn start(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    start_with_tls(addr, None, shutdown).await
+}
+
+/// Like [`start`], speaking HTTPS when given a TLS acceptor.
+pub async fn start_with_tls(
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(serve::serve(
         listener,
-        None,
+        tls,
         ServeOptions::default(),
         serve::handler(|req, _| handle(req)),
         shutdown,
