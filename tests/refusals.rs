@@ -158,3 +158,38 @@ async fn oversized_headers_are_431_and_bodies_over_the_cap_413() {
         .unwrap();
     assert_eq!(send(req).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn stalled_clients_do_not_block_others() {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start().await;
+    let (k, v) = s.auth();
+    let mut stalled = Vec::new();
+    // Half a request head, then nothing.
+    for _ in 0..50 {
+        let mut c = tokio::net::TcpStream::connect(s.relay.public)
+            .await
+            .unwrap();
+        c.write_all(b"GET /v1/routes/sample/echo HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    // A full head announcing a body that never comes: it reaches the
+    // upstream, whose read waits; that stream must not hold up others.
+    let mut c = tokio::net::TcpStream::connect(s.relay.public)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/routes/sample/upload HTTP/1.1\r\nHost: x\r\n{k}: {v}\r\ncontent-length: 100000\r\n\r\npartial"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    stalled.push(c);
+
+    for _ in 0..10 {
+        let (status, _, _) = get(&s.relay.url("/v1/routes/sample/echo"), &[(k, &v)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = get(&s.relay.url("/healthz"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
