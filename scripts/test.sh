@@ -31,3 +31,10 @@ cargo nextest run --workspace --no-fail-fast
 
 echo "==> demo smoke test"
 scripts/demo.sh --once
+
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "==> fuzz smoke run"
+  scripts/fuzz.sh
+else
+  echo "==> fuzz smoke run skipped: no nightly toolchain"
+fi
