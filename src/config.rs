@@ -13,6 +13,11 @@ use tether_wire::protocol::valid_route_name;
 use toml::Spanned;
 
 use crate::policy::{PathRule, RoutePolicy};
+use crate::secrets::config::{
+    AwsSettings, RawAws, RawSecret, RawVault, SecretSpec, VaultSettings, validate_aws,
+    validate_secret, validate_vault,
+};
+use crate::secrets::placeholder::{Origin, Template};
 
 /// Where the process environment is read, behind a trait so that tests
 /// never touch the real environment.
@@ -50,6 +55,10 @@ struct RawConfig {
     routes: BTreeMap<Spanned<String>, Spanned<RawRoute>>,
     #[serde(default, with = "humantime_serde")]
     drain_timeout: Option<Duration>,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    vault: Option<Spanned<RawVault>>,
+    aws: Option<Spanned<RawAws>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +115,12 @@ pub struct AgentConfig {
     pub routes: BTreeMap<String, Route>,
     /// On SIGTERM, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
+    /// `[secrets.NAME]`, by name order.
+    pub secrets: Vec<SecretSpec>,
+    /// `[vault]`.
+    pub vault: Option<VaultSettings>,
+    /// `[aws]`.
+    pub aws: Option<AwsSettings>,
 }
 
 /// `[relay]`.
@@ -158,17 +173,30 @@ pub struct Route {
     pub name: String,
     /// Scheme and authority of the upstream, e.g. `https://jenkins:8443`.
     pub origin: String,
+    /// The same, canonical, for matching secrets' `callers.targets`.
+    pub target: Origin,
     /// Path prefix of the upstream URL, without trailing `/` (may be empty).
     pub base_path: String,
     /// Methods and paths allowed.
     pub policy: RoutePolicy,
     /// Headers the agent sets on every request of this route, after the
-    /// caller's hop-by-hop headers are removed.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// caller's hop-by-hop headers are removed; may use any secret.
+    pub headers: Vec<RouteHeader>,
     /// Extra trust roots for this upstream.
     pub ca_file: Option<PathBuf>,
     /// Time allowed for the upstream's response head.
     pub timeout: Duration,
+}
+
+/// A header a route sets.
+#[derive(Debug, Clone)]
+pub struct RouteHeader {
+    /// Header name.
+    pub name: HeaderName,
+    /// The value as written, with placeholders.
+    pub template: Template,
+    /// The value ready to send when it has no placeholder.
+    pub literal: Option<HeaderValue>,
 }
 
 /// Default time an upstream has to answer.
@@ -299,10 +327,43 @@ impl AgentConfig {
             None => None,
         };
 
+        let mut secrets = Vec::new();
+        for (name, secret) in raw.secrets {
+            let span = secret.span();
+            secrets.push(
+                validate_secret(name.get_ref(), secret.into_inner()).map_err(|m| at(span, m))?,
+            );
+        }
+        let vault = match raw.vault {
+            Some(v) => {
+                let span = v.span();
+                Some(validate_vault(v.into_inner()).map_err(|m| at(span, m))?)
+            }
+            None => None,
+        };
+        if vault.is_none()
+            && let Some(s) = secrets.iter().find(|s| s.source.kind() == "vault")
+        {
+            return Err(at(
+                0..0,
+                format!(
+                    "secrets.{} uses vault but there is no [vault] section",
+                    s.name
+                ),
+            ));
+        }
+        let aws = match raw.aws {
+            Some(a) => {
+                let span = a.span();
+                Some(validate_aws(a.into_inner()).map_err(|m| at(span, m))?)
+            }
+            None => None,
+        };
+
         let mut routes = BTreeMap::new();
         for (name, route) in raw.routes {
             let route_span = route.span();
-            let route = validate_route(name.get_ref(), route.into_inner())
+            let route = validate_route(name.get_ref(), route.into_inner(), &secrets)
                 .map_err(|(span, m)| at(span.unwrap_or(route_span), m))?;
             routes.insert(name.into_inner(), route);
         }
@@ -322,13 +383,16 @@ impl AgentConfig {
             admin_listen,
             routes,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(30)),
+            secrets,
+            vault,
+            aws,
         })
     }
 }
 
 type RouteError = (Option<std::ops::Range<usize>>, String);
 
-fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
+fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<Route, RouteError> {
     if !valid_route_name(name) {
         return Err((
             None,
@@ -384,6 +448,12 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
     }
     let mut headers = Vec::new();
     for (key, value) in &raw.headers {
+        let here = |m: String| {
+            (
+                Some(value.span()),
+                format!("routes.{name}.headers.{}: {m}", key.get_ref()),
+            )
+        };
         let header_name = HeaderName::from_bytes(key.get_ref().as_bytes()).map_err(|_| {
             (
                 Some(key.span()),
@@ -393,34 +463,38 @@ fn validate_route(name: &str, raw: RawRoute) -> Result<Route, RouteError> {
                 ),
             )
         })?;
-        if value.get_ref().contains("${{") {
-            return Err((
-                Some(value.span()),
-                format!(
-                    "routes.{name}.headers.{}: secret placeholders need a [secrets] section, \
-                     which this agent version does not support yet",
-                    key.get_ref()
-                ),
-            ));
+        let template = Template::parse(value.get_ref()).map_err(|e| here(e.to_string()))?;
+        for secret in template.secrets() {
+            if !secrets.iter().any(|s| s.name == secret) {
+                return Err(here(format!(
+                    "unknown secret {secret:?} (no [secrets.{secret}])"
+                )));
+            }
         }
-        let header_value = HeaderValue::from_str(value.get_ref()).map_err(|_| {
-            (
-                Some(value.span()),
-                format!(
-                    "routes.{name}.headers.{}: invalid header value",
-                    key.get_ref()
-                ),
+        let literal = if template.is_literal() {
+            Some(
+                HeaderValue::from_str(value.get_ref())
+                    .map_err(|_| here("invalid header value".into()))?,
             )
-        })?;
-        headers.push((header_name, header_value));
+        } else {
+            None
+        };
+        headers.push(RouteHeader {
+            name: header_name,
+            template,
+            literal,
+        });
     }
     let timeout = raw.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     if timeout.is_zero() {
         return Err((None, format!("routes.{name}.timeout must be above zero")));
     }
+    let origin = format!("{scheme}://{authority}");
+    let target = Origin::parse(&origin).map_err(url_err)?;
     Ok(Route {
         name: name.to_owned(),
-        origin: format!("{scheme}://{authority}"),
+        origin,
+        target,
         base_path,
         policy: RoutePolicy::new(methods, paths),
         headers,
@@ -537,10 +611,53 @@ headers = { X-Team = "platform" }
         assert!(error_of(&no_token).contains("token_file"));
 
         let placeholder = MINIMAL.replace("\"platform\"", "\"${{ secrets.x }}\"");
-        assert!(error_of(&placeholder).contains("[secrets]"));
+        let e = error_of(&placeholder);
+        assert!(
+            e.starts_with("a.toml:15:") && e.contains("unknown secret \"x\""),
+            "{e}"
+        );
+
+        let two_sources = format!("{MINIMAL}\n[secrets.x]\nenv = \"A\"\nfile = \"/b\"\n");
+        let e = error_of(&two_sources);
+        assert!(
+            e.starts_with("a.toml:17:") && e.contains("exactly one"),
+            "{e}"
+        );
+
+        let vault_without_section = format!(
+            "{MINIMAL}\n[secrets.x]\nvault = {{ path = \"secret/data/a\", field = \"f\" }}\n"
+        );
+        assert!(error_of(&vault_without_section).contains("no [vault] section"));
+
+        let bad_target = format!(
+            "{MINIMAL}\n[secrets.x]\nenv = \"A\"\ncallers = {{ targets = [\"https://a/b\"], headers = [\"authorization\"] }}\n"
+        );
+        assert!(error_of(&bad_target).contains("callers.targets"));
 
         let bad_method = MINIMAL.replace("\"get\"", "\"G ET\"");
         assert!(error_of(&bad_method).starts_with("a.toml:13:"));
+    }
+
+    #[test]
+    fn secrets_and_route_templates_validate() {
+        let with_secret = MINIMAL
+            .replace("\"platform\"", "\"Bearer ${{ secrets.jenkins_token }}\"")
+            + "\n[secrets.jenkins_token]\nvault = { path = \"secret/data/ci/jenkins\", field = \"token\" }\n\
+               ttl = \"1m\"\n\n[vault]\naddress = \"https://vault:8200\"\n\
+               auth = { method = \"approle\", role_id = \"r\", secret_id_file = \"/s\" }\n";
+        let c = AgentConfig::parse(Path::new("a.toml"), &with_secret, &env(&[])).unwrap();
+        assert_eq!(c.secrets.len(), 1);
+        assert_eq!(c.secrets[0].ttl, Duration::from_secs(60));
+        let header = &c.routes["jenkins"].headers[0];
+        assert!(header.literal.is_none());
+        assert_eq!(
+            header.template.secrets().collect::<Vec<_>>(),
+            ["jenkins_token"]
+        );
+        assert_eq!(
+            c.routes["jenkins"].target.to_string(),
+            "https://jenkins.internal:8443"
+        );
     }
 
     #[test]

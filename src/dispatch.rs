@@ -6,11 +6,11 @@
 //! response head → response streamed back. Every relayed request leaves one
 //! audit line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tether_wire::headers::{strip_hop_by_hop, strip_tether};
@@ -18,6 +18,9 @@ use tether_wire::protocol::{self, AgentInfo, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem, full_body};
 
 use crate::config::{AgentConfig, Route};
+use crate::secret::SecretString;
+use crate::secrets::placeholder::Template;
+use crate::secrets::{SecretError, Secrets};
 use crate::upstream::{Clients, TlsConfigError, UpstreamClient};
 
 /// A route ready to serve.
@@ -30,11 +33,12 @@ struct LiveRoute {
 pub struct Dispatcher {
     routes: HashMap<String, LiveRoute>,
     info: AgentInfo,
+    secrets: Arc<Secrets>,
 }
 
 impl Dispatcher {
     /// Builds upstream clients for every route of `config`.
-    pub fn new(config: &AgentConfig) -> Result<Self, TlsConfigError> {
+    pub fn new(config: &AgentConfig, secrets: Arc<Secrets>) -> Result<Self, TlsConfigError> {
         let mut clients = Clients::default();
         let mut routes = HashMap::new();
         for (name, route) in &config.routes {
@@ -54,7 +58,16 @@ impl Dispatcher {
             tags: config.identity.tags.clone(),
             routes: config.routes.keys().cloned().collect(),
         };
-        Ok(Self { routes, info })
+        Ok(Self {
+            routes,
+            info,
+            secrets,
+        })
+    }
+
+    /// The secrets this dispatcher injects.
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        &self.secrets
     }
 
     /// Handles one stream.
@@ -92,6 +105,7 @@ impl Dispatcher {
             route: "",
             method: method.as_str(),
             path: "",
+            secrets: String::new(),
             started,
         };
         let fail = |code: ErrorCode, detail: String| {
@@ -140,8 +154,42 @@ impl Dispatcher {
         strip_hop_by_hop(&mut parts.headers);
         strip_tether(&mut parts.headers);
         parts.headers.remove(header::HOST);
-        for (name, value) in &route.headers {
-            parts.headers.insert(name.clone(), value.clone());
+        let caller_templates = match self.caller_placeholders(&parts.headers, route) {
+            Ok(t) => t,
+            Err(why) => {
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                return fail(ErrorCode::Denied, format!("route {route_name}: {why}"));
+            }
+        };
+        let needed: BTreeSet<String> = caller_templates
+            .iter()
+            .flat_map(|(_, values)| values.iter().filter_map(|v| v.as_ref().err()))
+            .flat_map(Template::secrets)
+            .chain(route.headers.iter().flat_map(|h| h.template.secrets()))
+            .map(str::to_owned)
+            .collect();
+        audit.secrets = needed
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let values = match self.resolve(&needed).await {
+            Ok(values) => values,
+            Err(SecretError::Unknown(name)) => {
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                return fail(ErrorCode::Denied, format!("unknown secret {name:?}"));
+            }
+            Err(e @ SecretError::Unavailable { .. }) => {
+                audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
+                return fail(ErrorCode::SecretUnavailable, e.to_string());
+            }
+        };
+        if let Err(name) = inject(&mut parts.headers, caller_templates, route, &values) {
+            audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
+            return fail(
+                ErrorCode::SecretUnavailable,
+                format!("header {name}: value not usable"),
+            );
         }
         let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
 
@@ -149,7 +197,7 @@ impl Dispatcher {
         let response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                tracing::info!(request_id = %request_id, route = %route_name, error = %error_chain(&e),
+                tracing::info!(request_id = %request_id, route = %route_name, error = %crate::error_chain(&e),
                     "upstream unreachable");
                 audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
                 return fail(
@@ -172,22 +220,119 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Caller headers holding placeholders, each value either kept as is
+    /// (`Ok`) or a template to render (`Err`, grouped by header name), after
+    /// checking every placeholder against its secret's `callers` binding:
+    /// the header name and the route's upstream origin must both be listed.
+    #[allow(clippy::type_complexity)]
+    fn caller_placeholders(
+        &self,
+        headers: &HeaderMap,
+        route: &Route,
+    ) -> Result<Vec<(HeaderName, Vec<Result<HeaderValue, Template>>)>, String> {
+        let mut out: Vec<(HeaderName, Vec<Result<HeaderValue, Template>>)> = Vec::new();
+        for name in headers.keys() {
+            let values = headers.get_all(name);
+            if !values
+                .iter()
+                .any(|v| Template::mentions_placeholder(v.as_bytes()))
+            {
+                continue;
+            }
+            let mut list = Vec::new();
+            for value in values {
+                if !Template::mentions_placeholder(value.as_bytes()) {
+                    list.push(Ok(value.clone()));
+                    continue;
+                }
+                let text = value
+                    .to_str()
+                    .map_err(|_| format!("header {name}: placeholder in a non-text value"))?;
+                let template = Template::parse(text).map_err(|e| format!("header {name}: {e}"))?;
+                for secret in template.secrets() {
+                    let Some(spec) = self.secrets.spec(secret) else {
+                        return Err(format!("header {name}: unknown secret {secret:?}"));
+                    };
+                    let permitted = spec
+                        .callers
+                        .as_ref()
+                        .is_some_and(|b| b.permits(name.as_str(), &route.target));
+                    if !permitted {
+                        return Err(format!(
+                            "header {name}: secret {secret:?} may not be placed by callers in \
+                             this header towards {}",
+                            route.target
+                        ));
+                    }
+                }
+                list.push(Err(template));
+            }
+            out.push((name.clone(), list));
+        }
+        Ok(out)
+    }
+
+    /// Resolves every secret in `names`.
+    async fn resolve(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<HashMap<String, SecretString>, SecretError> {
+        let mut values = HashMap::with_capacity(names.len());
+        for name in names {
+            values.insert(name.clone(), self.secrets.get(name).await?);
+        }
+        Ok(values)
+    }
+}
+
+/// Writes the caller's rendered headers, then the route's own headers
+/// (which win). Rendered values are marked sensitive so HTTP/2 never puts
+/// them in a compression table. Returns the header whose value could not
+/// be built.
+fn inject(
+    headers: &mut HeaderMap,
+    caller: Vec<(HeaderName, Vec<Result<HeaderValue, Template>>)>,
+    route: &Route,
+    values: &HashMap<String, SecretString>,
+) -> Result<(), HeaderName> {
+    let render = |template: &Template, name: &HeaderName| -> Result<HeaderValue, HeaderName> {
+        let text = template.render(|secret| {
+            values
+                .get(secret)
+                .map(|v| v.expose().to_owned())
+                .ok_or_else(|| name.clone())
+        })?;
+        let text = SecretString::from(text);
+        let mut value = HeaderValue::from_str(text.expose()).map_err(|_| name.clone())?;
+        value.set_sensitive(true);
+        Ok(value)
+    };
+    for (name, list) in caller {
+        headers.remove(&name);
+        for value in list {
+            let value = match value {
+                Ok(plain) => plain,
+                Err(template) => render(&template, &name)?,
+            };
+            headers.append(name.clone(), value);
+        }
+    }
+    for h in &route.headers {
+        let value = match &h.literal {
+            Some(v) => v.clone(),
+            None => render(&h.template, &h.name)?,
+        };
+        headers.insert(h.name.clone(), value);
+    }
+    Ok(())
+}
+
 fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The audit record of one relayed request (never a header value, never a
@@ -198,6 +343,8 @@ struct Audit<'a> {
     route: &'a str,
     method: &'a str,
     path: &'a str,
+    /// Names (never values) of the secrets the request used.
+    secrets: String,
     started: Instant,
 }
 
@@ -212,6 +359,7 @@ impl Audit<'_> {
             path = self.path,
             status = status.as_u16(),
             decision,
+            secrets = self.secrets.as_str(),
             elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "request"
         );

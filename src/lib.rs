@@ -6,6 +6,7 @@
 //! - [`policy`]: path normalisation and the routes' allow rules.
 //! - [`backoff`]: reconnect delays with full jitter.
 //! - [`secret`]: a string type that never prints.
+//! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
 //! - [`dispatch`]: what happens to each request the relay sends.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dispatch;
 pub mod policy;
 pub mod secret;
+pub mod secrets;
 pub mod tunnel;
 pub mod upstream;
 
@@ -41,6 +43,9 @@ pub enum AgentError {
     /// A CA file could not be used.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// A secret store could not be set up.
+    #[error("secrets: {0}")]
+    Secrets(#[from] secrets::FetchError),
     /// The admin listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -63,7 +68,18 @@ pub struct Agent {
 impl Agent {
     /// Builds clients and trust stores and binds the admin listener.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let dispatcher = Arc::new(Dispatcher::new(&config)?);
+        // vaultrs' HTTP client takes rustls' process-wide provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let secrets = Arc::new(
+            secrets::Secrets::new(
+                &config.secrets,
+                config.vault.as_ref(),
+                config.aws.as_ref(),
+                Arc::new(config::ProcessEnv),
+            )
+            .await?,
+        );
+        let dispatcher = Arc::new(Dispatcher::new(&config, secrets)?);
         let mut relay_tls =
             upstream::tls_client_config(upstream::root_store(config.relay.ca_file.as_deref())?);
         relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -119,4 +135,16 @@ impl Agent {
         tracker.close();
         tracker.wait().await;
     }
+}
+
+/// An error and its sources, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

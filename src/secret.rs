@@ -1,11 +1,14 @@
-//! [`SecretString`]: a value that never prints.
+//! [`SecretString`]: a value that never prints and is wiped on drop.
 
 use std::fmt;
 
-/// A secret (agent token, credential). `Debug` and `Display` print `***`,
-/// so a secret cannot reach a log line by formatting.
+use zeroize::Zeroizing;
+
+/// A secret (agent token, credential, resolved secret value). `Debug` and
+/// `Display` print `***`, so a secret cannot reach a log line or an error
+/// message by formatting; the memory is zeroed when the last copy drops.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretString(String);
+pub struct SecretString(Zeroizing<String>);
 
 impl SecretString {
     /// The value, for the one place that must send it.
@@ -16,7 +19,7 @@ impl SecretString {
 
 impl From<String> for SecretString {
     fn from(value: String) -> Self {
-        Self(value)
+        Self(Zeroizing::new(value))
     }
 }
 
