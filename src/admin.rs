@@ -10,16 +10,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::secrets::Secrets;
 use crate::tunnel::Sessions;
 
 pub(crate) async fn serve(
     listener: TcpListener,
     sessions: Arc<Sessions>,
+    secrets: Arc<Secrets>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let handler = serve::handler(move |req, _| {
         let sessions = sessions.clone();
+        let secrets = secrets.clone();
         async move {
             let up = sessions.up();
             match (req.method(), req.uri().path()) {
@@ -28,14 +31,7 @@ pub(crate) async fn serve(
                 (&Method::GET, "/readyz") => {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no relay session\n".into())
                 }
-                (&Method::GET, "/metrics") => text(
-                    StatusCode::OK,
-                    format!(
-                        "# HELP tether_agent_sessions Relay sessions up.\n\
-                         # TYPE tether_agent_sessions gauge\n\
-                         tether_agent_sessions {up}\n"
-                    ),
-                ),
+                (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(up, &secrets)),
                 _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
             }
         }
@@ -49,6 +45,37 @@ pub(crate) async fn serve(
         tracker,
     )
     .await;
+}
+
+fn metrics(sessions: usize, secrets: &Secrets) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "# HELP tether_agent_sessions Relay sessions up.\n\
+         # TYPE tether_agent_sessions gauge\n\
+         tether_agent_sessions {sessions}\n\
+         # HELP tether_agent_secret_reads_total Reads of a secret's store.\n\
+         # TYPE tether_agent_secret_reads_total counter\n"
+    );
+    let stats = secrets.stats();
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "tether_agent_secret_reads_total{{secret=\"{}\"}} {}",
+            s.name, s.reads
+        );
+    }
+    out.push_str(
+        "# HELP tether_agent_secret_stale_total Requests served a stale value while the store failed.\n\
+         # TYPE tether_agent_secret_stale_total counter\n",
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "tether_agent_secret_stale_total{{secret=\"{}\"}} {}",
+            s.name, s.stale_served
+        );
+    }
+    out
 }
 
 fn text(status: StatusCode, body: String) -> Response<BoxBody> {

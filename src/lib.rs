@@ -128,6 +128,7 @@ impl Agent {
             tracker.spawn(admin::serve(
                 listener,
                 self.sessions.clone(),
+                self.dispatcher.secrets().clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));

@@ -58,13 +58,20 @@ fn main() -> ExitCode {
         Command::Check { config } => match AgentConfig::load(&config, &ProcessEnv) {
             Ok(c) => {
                 println!(
-                    "{}: ok (agent {:?}, {} route(s), relay {})",
+                    "{}: ok (agent {:?}, {} route(s), {} secret(s), relay {})",
                     config.display(),
                     c.identity.name,
                     c.routes.len(),
+                    c.secrets.len(),
                     c.relay.url
                 );
-                ExitCode::SUCCESS
+                match tokio::runtime::Runtime::new() {
+                    Ok(rt) => rt.block_on(check_secrets(&c)),
+                    Err(e) => {
+                        eprintln!("tether-agent: cannot start the runtime: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("tether-agent: {e}");
@@ -88,6 +95,41 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config))
         }
+    }
+}
+
+/// Reads every configured secret once from its store; prints `ok` or the
+/// error per name, never a value.
+async fn check_secrets(config: &AgentConfig) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secrets = match tether_agent::secrets::Secrets::new(
+        &config.secrets,
+        config.vault.as_ref(),
+        config.aws.as_ref(),
+        std::sync::Arc::new(ProcessEnv),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether-agent: secrets: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for spec in &config.secrets {
+        match secrets.check(&spec.name).await {
+            Ok(()) => println!("secret {} ({}): ok", spec.name, spec.source.kind()),
+            Err(e) => {
+                failed = true;
+                println!("secret {} ({}): error: {e}", spec.name, spec.source.kind());
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

