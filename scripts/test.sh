@@ -20,9 +20,13 @@ if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1;
 fi
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 
-if ! command -v curl >/dev/null 2>&1; then
-  echo "==> installing curl (demo smoke test)"
-  apt-get update -qq && apt-get install -y -qq curl
+# Debian packages: curl (demo smoke test), age (decrypts what pipelines get).
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v age >/dev/null 2>&1 || missing+=(age)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]} (apt)"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
 echo "==> cargo fmt --check"

@@ -14,11 +14,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tether_wire::headers::{strip_hop_by_hop, strip_tether};
-use tether_wire::protocol::{self, AgentInfo, header as th};
+use tether_wire::protocol::{self, AgentInfo, ResolveRequest, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem, full_body};
 
 use crate::config::{AgentConfig, Route};
 use crate::secret::SecretString;
+use crate::secrets::export::{self, Refusal};
 use crate::secrets::placeholder::Template;
 use crate::secrets::{SecretError, Secrets};
 use crate::upstream::{Clients, TlsConfigError, UpstreamClient};
@@ -73,15 +74,16 @@ impl Dispatcher {
     /// Handles one stream.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
         match req.uri().authority().map(|a| a.as_str()) {
-            Some(protocol::CONTROL_AUTHORITY) => self.handle_control(&req),
+            Some(protocol::CONTROL_AUTHORITY) => self.handle_control(req).await,
             Some(protocol::TUNNEL_AUTHORITY) => self.handle_relayed(req).await,
             _ => Problem::new(ErrorCode::BadRequest, "unknown authority").into_response(),
         }
     }
 
-    fn handle_control(&self, req: &Request<Incoming>) -> Response<BoxBody> {
-        match req.uri().path() {
-            protocol::CONTROL_INFO_PATH => {
+    async fn handle_control(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        match (req.method(), req.uri().path()) {
+            (&http::Method::POST, protocol::CONTROL_RESOLVE_PATH) => self.handle_resolve(req).await,
+            (_, protocol::CONTROL_INFO_PATH) => {
                 let body = serde_json::to_vec(&self.info).unwrap_or_default();
                 let mut response = Response::new(full_body(body));
                 response.headers_mut().insert(
@@ -91,6 +93,76 @@ impl Dispatcher {
                 response
             }
             _ => Problem::new(ErrorCode::BadRequest, "unknown control request").into_response(),
+        }
+    }
+
+    /// A pipeline's request for exported secrets (see [`export`]).
+    async fn handle_resolve(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let started = Instant::now();
+        let request_id = header_str(&req, th::REQUEST_ID).to_owned();
+        let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
+        let mut audit = Audit {
+            request_id: &request_id,
+            caller: &caller,
+            route: "",
+            method: "POST",
+            path: protocol::RESOLVE_PATH,
+            secrets: String::new(),
+            started,
+        };
+        let problem = |code: ErrorCode, detail: String| {
+            Problem::new(code, detail).with_request_id(request_id.clone())
+        };
+        let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes());
+        let request: ResolveRequest = match body.ok().and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(r) => r,
+            None => {
+                audit.log(StatusCode::BAD_REQUEST, "bad_request");
+                return problem(
+                    ErrorCode::BadRequest,
+                    "expected {\"names\": [...], \"recipient\": \"age1...\"} (at most 64 KiB)"
+                        .into(),
+                )
+                .into_response();
+            }
+        };
+        let names = request.names.join(",");
+        audit.secrets = names.chars().take(1024).collect();
+        match export::resolve(&self.secrets, &request).await {
+            Ok(answer) => {
+                audit.log(StatusCode::OK, "allowed");
+                let mut response =
+                    Response::new(full_body(serde_json::to_vec(&answer).unwrap_or_default()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(Refusal::BadRequest(why)) => {
+                audit.log(StatusCode::BAD_REQUEST, "bad_request");
+                problem(ErrorCode::BadRequest, why).into_response()
+            }
+            Err(Refusal::Refused(refused)) => {
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                let mut p = problem(
+                    ErrorCode::Denied,
+                    format!(
+                        "not exported to this recipient, or unknown: {}",
+                        refused.join(", ")
+                    ),
+                );
+                p.refused = Some(refused);
+                p.into_response()
+            }
+            Err(Refusal::Unavailable(e)) => {
+                audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
+                problem(ErrorCode::SecretUnavailable, e.to_string()).into_response()
+            }
         }
     }
 

@@ -353,3 +353,102 @@ async fn caller_placeholders_only_where_the_secret_opted_in() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_never_logged(&[&agent.log, &relay.log], &["ct-SECRET-3", "pv-SECRET-4"]);
 }
+
+/// `age-keygen -o FILE`; returns the public key.
+fn age_keygen(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(path)
+        .output()
+        .expect("age-keygen (Debian package age; scripts/test.sh installs it)");
+    assert!(out.status.success());
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn pipelines_get_exported_secrets_sealed_to_a_configured_recipient_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("pipeline.key");
+    let recipient = age_keygen(&identity);
+    let stranger = age_keygen(&dir.path().join("stranger.key"));
+
+    let relay = Relay::start("");
+    let token = relay.token("acme");
+    let key = relay.key("acme");
+    let rest = format!(
+        "[secrets.deploy]\nenv = \"DEPLOY_TOKEN\"\nexport = [\"{recipient}\"]\n\n\
+         [secrets.internal]\nenv = \"INTERNAL_TOKEN\"\n"
+    );
+    let agent = Agent::spawn(
+        &agent_config(&relay, &token, &rest),
+        &[
+            ("DEPLOY_TOKEN", "dp-SECRET-5"),
+            ("INTERNAL_TOKEN", "in-SECRET-6"),
+        ],
+    );
+    relay.wait_sessions(2).await;
+    let resolve = |body: serde_json::Value| {
+        let url = relay.url("/v1/secrets/resolve");
+        let auth = format!("Bearer {key}");
+        async move { json_call(Method::POST, &url, &[("authorization", &auth)], Some(body)).await }
+    };
+
+    let (status, doc) = resolve(json!({ "names": ["deploy"], "recipient": recipient })).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let armored = doc["secrets"]["deploy"]["age"].as_str().unwrap().to_owned();
+    assert!(!armored.contains("dp-SECRET-5"));
+    let sealed = dir.path().join("deploy.age");
+    std::fs::write(&sealed, &armored).unwrap();
+    let out = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"dp-SECRET-5");
+
+    for (body, refused) in [
+        (
+            json!({ "names": ["deploy"], "recipient": stranger }),
+            vec!["deploy"],
+        ),
+        (
+            json!({ "names": ["internal"], "recipient": recipient }),
+            vec!["internal"],
+        ),
+        (
+            json!({ "names": ["deploy", "nope"], "recipient": recipient }),
+            vec!["nope"],
+        ),
+    ] {
+        let (status, doc) = resolve(body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{doc}");
+        assert_eq!(doc["code"], "denied");
+        assert_eq!(doc["refused"], json!(refused));
+    }
+    let (status, doc) = resolve(json!({ "names": ["deploy"] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
+    assert_eq!(doc["code"], "bad_request");
+    let (status, _) = json_call(
+        Method::POST,
+        &relay.url("/v1/secrets/resolve"),
+        &[],
+        Some(json!({ "names": ["deploy"], "recipient": recipient })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_never_logged(&[&agent.log, &relay.log], &["dp-SECRET-5", "in-SECRET-6"]);
+}

@@ -275,12 +275,12 @@ pub(crate) fn validate_secret(name: &str, raw: RawSecret) -> Result<SecretSpec, 
             Some(CallerBinding { targets, headers })
         }
     };
+    let mut export = Vec::new();
     for recipient in &raw.export {
-        if !recipient.starts_with("age1") {
-            return Err(format!(
-                "secrets.{name}.export: {recipient:?} is not an age recipient (age1…)"
-            ));
-        }
+        let parsed = super::export::parse_recipient(recipient).ok_or_else(|| {
+            format!("secrets.{name}.export: {recipient:?} is not an age X25519 recipient (age1…)")
+        })?;
+        export.push(parsed.to_string());
     }
     let ttl = raw.ttl.unwrap_or(DEFAULT_TTL);
     if ttl.is_zero() {
@@ -292,7 +292,7 @@ pub(crate) fn validate_secret(name: &str, raw: RawSecret) -> Result<SecretSpec, 
         ttl,
         max_stale: raw.max_stale.unwrap_or(DEFAULT_MAX_STALE),
         callers,
-        export: raw.export,
+        export,
     })
 }
 

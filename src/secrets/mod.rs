@@ -5,6 +5,7 @@
 //! - [`placeholder`]: `${{ secrets.NAME }}` templates, origins and the
 //!   caller binding rule (pure).
 //! - [`config`]: `[secrets.NAME]`, `[vault]`, `[aws]` and their validation.
+//! - [`export`]: sealing exported secrets to a pipeline's age recipient.
 //! - `vault`, `aws`: the two remote stores.
 //!
 //! [`Secrets::get`] serves each secret from a cache: a value is reused for
@@ -15,6 +16,7 @@
 
 mod aws;
 pub mod config;
+pub mod export;
 pub mod placeholder;
 mod vault;
 

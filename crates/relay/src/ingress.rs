@@ -1,4 +1,5 @@
-//! The caller API: `ANY /v1/routes/{route}/{path…}`.
+//! The caller API: `ANY /v1/routes/{route}/{path…}` and
+//! `POST /v1/secrets/resolve`.
 //!
 //! Authenticates the caller's API key (`Proxy-Authorization: Bearer`),
 //! picks a connected agent of the key's account, and relays the request over
@@ -16,13 +17,169 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tether_wire::headers::{strip_hop_by_hop, strip_tether};
-use tether_wire::protocol::{self, header as th};
+use tether_wire::protocol::{self, ResolveRequest, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem};
 
 use crate::State;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Identity};
 use crate::credential::{self, Kind};
-use crate::registry::{InFlight, SelectError};
+use crate::registry::{AgentSession, InFlight, SelectError};
+
+/// One caller request's id, and its problem answers.
+struct Call {
+    request_id: String,
+}
+
+impl Call {
+    fn new() -> Self {
+        Self {
+            request_id: new_request_id(),
+        }
+    }
+
+    /// A problem carrying the request id.
+    fn problem(&self, code: ErrorCode, detail: &str) -> Problem {
+        Problem::new(code, detail).with_request_id(self.request_id.clone())
+    }
+
+    /// The response for `problem`, with the request id header too.
+    fn respond(&self, problem: Problem) -> Response<BoxBody> {
+        let mut response = problem.into_response();
+        self.stamp(response.headers_mut());
+        response
+    }
+
+    /// A problem response carrying the request id (body and header).
+    fn fail(&self, code: ErrorCode, detail: &str) -> Response<BoxBody> {
+        self.respond(self.problem(code, detail))
+    }
+
+    fn stamp(&self, headers: &mut http::HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            headers.insert(th::REQUEST_ID, v);
+        }
+    }
+
+    /// Checks the caller's API key: `Proxy-Authorization: Bearer`, or for
+    /// APIs that are not relayed anywhere (`allow_authorization`) also
+    /// `Authorization: Bearer`.
+    async fn authenticate(
+        &self,
+        state: &State,
+        headers: &http::HeaderMap,
+        remote: SocketAddr,
+        allow_authorization: bool,
+    ) -> Result<Identity, Problem> {
+        let bearer = |name: header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(credential::bearer)
+        };
+        let key = bearer(header::PROXY_AUTHORIZATION).or_else(|| {
+            allow_authorization
+                .then(|| bearer(header::AUTHORIZATION))
+                .flatten()
+        });
+        let Some(key) = key else {
+            return Err(self.problem(
+                ErrorCode::Unauthorized,
+                "API key required in Proxy-Authorization: Bearer",
+            ));
+        };
+        match state.auth.verify(Kind::ApiKey, key).await {
+            Ok(caller) => Ok(caller),
+            Err(AuthError::Malformed | AuthError::Invalid) => {
+                tracing::info!(%remote, "caller refused: invalid API key");
+                Err(self.problem(ErrorCode::Unauthorized, "invalid API key"))
+            }
+            Err(AuthError::Store(e)) => {
+                tracing::error!(error = %e, "key check failed: store unavailable");
+                Err(self.problem(ErrorCode::Internal, "key store unavailable"))
+            }
+        }
+    }
+
+    /// Chooses an agent session of the caller's account.
+    fn select(
+        &self,
+        state: &State,
+        headers: &http::HeaderMap,
+        account: &str,
+        route: Option<&str>,
+    ) -> Result<Arc<AgentSession>, Problem> {
+        let selector = headers
+            .get(th::SELECTOR)
+            .and_then(|v| v.to_str().ok())
+            .map(protocol::parse_tags)
+            .unwrap_or_default();
+        state
+            .registry
+            .select(account, &selector, route)
+            .map_err(|e| match e {
+                SelectError::NoAgent => self.problem(
+                    ErrorCode::NoAgent,
+                    "no agent connected for this account and selector",
+                ),
+                SelectError::NoSuchRoute => self.problem(
+                    ErrorCode::NoSuchRoute,
+                    &format!("no connected agent serves route {:?}", route.unwrap_or("")),
+                ),
+            })
+    }
+
+    /// Sends `request` on `session` and returns the agent's response with
+    /// `Tether-Agent` and `Tether-Request-Id`, its body counted in flight.
+    async fn forward(
+        &self,
+        session: &Arc<AgentSession>,
+        request: Request<BoxBody>,
+        body_cap: Option<u64>,
+    ) -> Response<BoxBody> {
+        let (mut sender, in_flight) = session.begin_request();
+        if sender.ready().await.is_err() {
+            return self.fail(ErrorCode::AgentLost, "agent session closed");
+        }
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) if caused_by_length_limit(&e) => {
+                return self.fail(
+                    ErrorCode::PayloadTooLarge,
+                    &format!("request body over {} bytes", body_cap.unwrap_or(0)),
+                );
+            }
+            Err(e) => {
+                tracing::info!(request_id = %self.request_id, agent = %session.info.name, error = %e,
+                    "request lost with its agent session");
+                return self.fail(
+                    ErrorCode::AgentLost,
+                    "the agent session ended before the response",
+                );
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(v) = HeaderValue::from_str(&session.info.name) {
+            parts.headers.insert(th::AGENT, v);
+        }
+        self.stamp(&mut parts.headers);
+        let body = InFlightBody {
+            inner: body.map_err(BoxError::from).boxed(),
+            _in_flight: in_flight,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// The headers the relay adds to everything it sends an agent.
+    fn tag(&self, headers: &mut http::HeaderMap, caller: &Identity) {
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            headers.insert(th::REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&caller.credential_id) {
+            headers.insert(th::CALLER_KEY_ID, v);
+        }
+    }
+}
 
 /// Handles a caller request under `/v1/routes/`.
 pub(crate) async fn handle_route(
@@ -30,67 +187,21 @@ pub(crate) async fn handle_route(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<BoxBody> {
-    let request_id = new_request_id();
-    let fail = |code: ErrorCode, detail: &str| {
-        let mut response = Problem::new(code, detail)
-            .with_request_id(request_id.clone())
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(th::REQUEST_ID, v);
-        }
-        response
-    };
-
-    let key = req
-        .headers()
-        .get(header::PROXY_AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(credential::bearer);
-    let Some(key) = key else {
-        return fail(
-            ErrorCode::Unauthorized,
-            "API key required in Proxy-Authorization: Bearer",
-        );
-    };
-    let caller = match state.auth.verify(Kind::ApiKey, key).await {
+    let call = Call::new();
+    let caller = match call
+        .authenticate(&state, req.headers(), remote, false)
+        .await
+    {
         Ok(caller) => caller,
-        Err(AuthError::Malformed | AuthError::Invalid) => {
-            tracing::info!(%remote, "caller refused: invalid API key");
-            return fail(ErrorCode::Unauthorized, "invalid API key");
-        }
-        Err(AuthError::Store(e)) => {
-            tracing::error!(error = %e, "key check failed: store unavailable");
-            return fail(ErrorCode::Internal, "key store unavailable");
-        }
+        Err(problem) => return call.respond(problem),
     };
-
     let Some((route, _)) = protocol::split_route_path(req.uri().path()) else {
-        return fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
+        return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
     };
     let route = route.to_owned();
-    let selector = req
-        .headers()
-        .get(th::SELECTOR)
-        .and_then(|v| v.to_str().ok())
-        .map(protocol::parse_tags)
-        .unwrap_or_default();
-    let session = match state
-        .registry
-        .select(&caller.account, &selector, Some(&route))
-    {
+    let session = match call.select(&state, req.headers(), &caller.account, Some(&route)) {
         Ok(session) => session,
-        Err(SelectError::NoAgent) => {
-            return fail(
-                ErrorCode::NoAgent,
-                "no agent connected for this account and selector",
-            );
-        }
-        Err(SelectError::NoSuchRoute) => {
-            return fail(
-                ErrorCode::NoSuchRoute,
-                &format!("no connected agent serves route {route:?}"),
-            );
-        }
+        Err(problem) => return call.respond(problem),
     };
 
     let cap = state.config.limits.max_body_bytes;
@@ -101,7 +212,7 @@ pub(crate) async fn handle_route(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > cap) {
-            return fail(
+            return call.fail(
                 ErrorCode::PayloadTooLarge,
                 &format!("request body over {cap} bytes"),
             );
@@ -118,62 +229,87 @@ pub(crate) async fn handle_route(
         "http://{}{path_and_query}",
         protocol::TUNNEL_AUTHORITY
     )) else {
-        return fail(ErrorCode::BadRequest, "unusable request target");
+        return call.fail(ErrorCode::BadRequest, "unusable request target");
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
     strip_tether(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(th::REQUEST_ID, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&caller.credential_id) {
-        parts.headers.insert(th::CALLER_KEY_ID, v);
-    }
+    call.tag(&mut parts.headers, &caller);
     let body: BoxBody = match cap {
         Some(cap) => Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX)).boxed(),
         None => body.map_err(BoxError::from).boxed(),
     };
-
-    let (mut sender, in_flight) = session.begin_request();
-    if sender.ready().await.is_err() {
-        return fail(ErrorCode::AgentLost, "agent session closed");
-    }
-    let response = match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(response) => response,
-        Err(e) if caused_by_length_limit(&e) => {
-            return fail(
-                ErrorCode::PayloadTooLarge,
-                &format!("request body over {} bytes", cap.unwrap_or(0)),
-            );
-        }
-        Err(e) => {
-            tracing::info!(request_id = %request_id, agent = %session.info.name, error = %e,
-                "request lost with its agent session");
-            return fail(
-                ErrorCode::AgentLost,
-                "the agent session ended before the response",
-            );
-        }
-    };
-    tracing::debug!(request_id = %request_id, account = %caller.account, route,
+    let response = call
+        .forward(&session, Request::from_parts(parts, body), cap)
+        .await;
+    tracing::debug!(request_id = %call.request_id, account = %caller.account, route,
         agent = %session.info.name, status = response.status().as_u16(), "relayed");
-
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&session.info.name) {
-        parts.headers.insert(th::AGENT, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(th::REQUEST_ID, v);
-    }
-    let body = InFlightBody {
-        inner: body.map_err(BoxError::from).boxed(),
-        _in_flight: in_flight,
-    };
-    Response::from_parts(parts, body.boxed())
+    response
 }
+
+/// Handles `POST /v1/secrets/resolve`: a pipeline asks an agent of its
+/// account for exported secrets, sealed by the agent to an age recipient
+/// the customer configured. The relay only ever sees ciphertext.
+pub(crate) async fn handle_resolve(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<BoxBody> {
+    let call = Call::new();
+    let caller = match call.authenticate(&state, req.headers(), remote, true).await {
+        Ok(caller) => caller,
+        Err(problem) => return call.respond(problem),
+    };
+    if req.method() != http::Method::POST {
+        return call.fail(ErrorCode::BadRequest, "use POST");
+    }
+    let session = match call.select(&state, req.headers(), &caller.account, None) {
+        Ok(session) => session,
+        Err(problem) => return call.respond(problem),
+    };
+    let body = match Limited::new(req.into_body(), RESOLVE_MAX_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return call.fail(ErrorCode::PayloadTooLarge, "resolve request over 64 KiB"),
+    };
+    let request: ResolveRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return call.fail(
+                ErrorCode::BadRequest,
+                &format!("expected {{\"names\": [...], \"recipient\": \"age1...\"}}: {e}"),
+            );
+        }
+    };
+    if request.recipient.is_none() {
+        return call.fail(
+            ErrorCode::BadRequest,
+            "recipient is required: secrets are only released sealed to an age recipient",
+        );
+    }
+    let uri = format!(
+        "http://{}{}",
+        protocol::CONTROL_AUTHORITY,
+        protocol::CONTROL_RESOLVE_PATH
+    );
+    let mut control = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(tether_wire::full_body(body))
+        .unwrap_or_default();
+    call.tag(control.headers_mut(), &caller);
+    let response = call.forward(&session, control, None).await;
+    tracing::info!(request_id = %call.request_id, account = %caller.account,
+        caller_key_id = %caller.credential_id, names = ?request.names,
+        agent = %session.info.name, status = response.status().as_u16(), "secret resolution");
+    response
+}
+
+/// Largest resolve request accepted.
+const RESOLVE_MAX_BYTES: usize = 64 * 1024;
 
 fn caused_by_length_limit(e: &hyper::Error) -> bool {
     let mut source = e.source();

@@ -215,6 +215,9 @@ async fn handle_public(
     if path.starts_with(protocol::ROUTES_PREFIX) {
         return ingress::handle_route(state, req, remote).await;
     }
+    if path == protocol::RESOLVE_PATH {
+        return ingress::handle_resolve(state, req, remote).await;
+    }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),

@@ -122,34 +122,44 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// A problem document (RFC 9457) with Tether's `code` extension member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `type`, `title` and `status` follow from the code (see [`Problem::to_json`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// URI naming the problem type: `urn:tether:problem:<code>`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary of the problem type.
-    pub title: String,
-    /// HTTP status code.
-    pub status: u16,
     /// Stable machine-readable code.
     pub code: ErrorCode,
     /// What went wrong in this occurrence. Never holds a secret.
     pub detail: String,
     /// The relay's request id, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request_id: Option<String>,
+    /// Secret resolution: the names refused (unknown, or not exported to
+    /// the requested recipient).
+    pub refused: Option<Vec<String>>,
+}
+
+/// The document as serialised.
+#[derive(Serialize)]
+struct Document<'a> {
+    /// URI naming the problem type: `urn:tether:problem:<code>`.
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    code: ErrorCode,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a [String]>,
 }
 
 impl Problem {
     /// A problem of kind `code` with an occurrence-specific `detail`.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
-            kind: format!("urn:tether:problem:{}", code.as_str()),
-            title: code.title().to_owned(),
-            status: code.status().as_u16(),
             code,
             detail: detail.into(),
             request_id: None,
+            refused: None,
         }
     }
 
@@ -161,8 +171,17 @@ impl Problem {
 
     /// The JSON document.
     pub fn to_json(&self) -> Bytes {
-        // Serialising a struct of strings and integers cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+        let document = Document {
+            kind: format!("urn:tether:problem:{}", self.code.as_str()),
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            code: self.code,
+            detail: &self.detail,
+            request_id: self.request_id.as_deref(),
+            refused: self.refused.as_deref(),
+        };
+        // Serialising strings and integers cannot fail.
+        Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
     }
 
     /// A complete HTTP response carrying this problem.

@@ -25,6 +25,12 @@ pub const TUNNEL_AUTHORITY: &str = "tunnel.tether.invalid";
 /// Control path answering [`AgentInfo`].
 pub const CONTROL_INFO_PATH: &str = "/v1/info";
 
+/// Control path sealing exported secrets for a pipeline ([`ResolveRequest`]).
+pub const CONTROL_RESOLVE_PATH: &str = "/v1/secrets/resolve";
+
+/// Caller API path for pipeline secret resolution (same body and answer).
+pub const RESOLVE_PATH: &str = "/v1/secrets/resolve";
+
 /// Header names of the handshake and of relayed requests and responses.
 pub mod header {
     /// Agent name (handshake, required).
@@ -86,6 +92,32 @@ pub fn valid_route_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A pipeline's request for exported secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// Secret names.
+    pub names: Vec<String>,
+    /// age X25519 recipient (`age1…`) the values are sealed to; must be in
+    /// each secret's `export` list.
+    #[serde(default)]
+    pub recipient: Option<String>,
+}
+
+/// Sealed values, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveResponse {
+    /// `NAME → {"age": "<armored ciphertext>"}`.
+    pub secrets: std::collections::BTreeMap<String, SealedSecret>,
+}
+
+/// One sealed value: only the holder of the recipient's identity opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    /// ASCII-armored age file.
+    pub age: String,
 }
 
 /// Picks the first protocol version offered in a `Sec-WebSocket-Protocol`
