@@ -6,6 +6,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Command;
 
+/// `tether-agent` with an environment that keeps any AWS SDK off the
+/// network even if a store were contacted by mistake.
+fn agent_command() -> Command {
+    let mut cmd = Command::new(support::bin("tether-agent"));
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    cmd
+}
+
 use tether_agent::config::AgentConfig;
 
 #[test]
@@ -15,6 +25,8 @@ fn agent_example_loads() {
     assert_eq!(config.identity.name, "eu-prod-1");
     assert_eq!(config.routes.len(), 2);
     assert_eq!(config.routes["jenkins"].base_path, "/ci");
+    assert_eq!(config.secrets.len(), 3);
+    assert!(config.vault.is_some() && config.aws.is_some());
 }
 
 #[test]
@@ -25,9 +37,11 @@ fn relay_example_loads() {
 
 #[test]
 fn check_accepts_the_example_and_names_file_and_line_of_an_error() {
+    // Offline: the example names real-looking hosts (vault.internal, AWS)
+    // that a test must never try to reach.
     let example = support::repo_file("config/agent.example.toml");
-    let out = Command::new(support::bin("tether-agent"))
-        .args(["check", "--config"])
+    let out = agent_command()
+        .args(["check", "--offline", "--config"])
         .arg(&example)
         .output()
         .unwrap();
@@ -48,8 +62,8 @@ fn check_accepts_the_example_and_names_file_and_line_of_an_error() {
         .position(|l| l.contains("\"job/*/api/json\""))
         .unwrap()
         + 1;
-    let out = Command::new(support::bin("tether-agent"))
-        .args(["check", "--config"])
+    let out = agent_command()
+        .args(["check", "--offline", "--config"])
         .arg(&bad)
         .output()
         .unwrap();
