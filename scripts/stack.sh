@@ -2,6 +2,8 @@
 # relay (SQLite in $STACK_WORK) and an agent on 127.0.0.1 from the binaries
 # in $STACK_BIN, and sets UPSTREAM, PUBLIC, ADMIN, KEY and the PIDs
 # UPSTREAM_PID, RELAY_PID, AGENT_PID. `stack_stop` stops them by PID.
+# If the caller defines a function `stack_agent_extra`, its output (TOML,
+# which may use $UPSTREAM) is appended to the agent's config.
 
 STACK_PIDS=()
 
@@ -69,6 +71,8 @@ listen = "127.0.0.1:0"
 url = "http://$UPSTREAM"
 methods = ["GET", "POST", "PUT"]
 paths = ["/**"]
+
+$(declare -F stack_agent_extra >/dev/null && stack_agent_extra)
 TOML
   "$STACK_BIN/tether-agent" run --config "$STACK_WORK/agent.toml" 2>"$STACK_WORK/agent.log" &
   AGENT_PID=$!

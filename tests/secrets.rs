@@ -63,6 +63,19 @@ async fn vault_kv2_and_aws_json_key_are_injected_into_route_headers_and_never_lo
     let bao = OpenBao::start().await;
     bao.put_kv2("ci/jenkins", json!({ "token": "jk-SECRET-1" }))
         .await;
+    // A KV v1 engine too: its answer has the fields directly under `data`.
+    bao.api(
+        Method::POST,
+        "sys/mounts/kv1",
+        Some(json!({ "type": "kv", "options": { "version": "1" } })),
+    )
+    .await;
+    bao.api(
+        Method::POST,
+        "kv1/app",
+        Some(json!({ "pw": "kv1-SECRET-7" })),
+    )
+    .await;
     let moto = Moto::start().await;
     moto.call(
         "CreateSecret",
@@ -78,8 +91,10 @@ async fn vault_kv2_and_aws_json_key_are_injected_into_route_headers_and_never_lo
     std::fs::write(&vault_token, format!("{}\n", bao.root_token)).unwrap();
     let rest = format!(
         "[routes.ci]\nurl = \"http://{up}\"\npaths = [\"/**\"]\n\
-         headers = {{ X-Jenkins = \"Bearer ${{{{ secrets.jenkins }}}}\", X-Db = \"${{{{ secrets.db }}}}\" }}\n\n\
+         headers = {{ X-Jenkins = \"Bearer ${{{{ secrets.jenkins }}}}\", X-Db = \"${{{{ secrets.db }}}}\", \
+         X-Kv1 = \"${{{{ secrets.kv1 }}}}\" }}\n\n\
          [secrets.jenkins]\nvault = {{ path = \"secret/data/ci/jenkins\", field = \"token\" }}\n\n\
+         [secrets.kv1]\nvault = {{ path = \"kv1/app\", field = \"pw\" }}\n\n\
          [secrets.db]\naws = {{ id = \"prod/db\", key = \"password\" }}\n\n\
          [vault]\naddress = \"{vault}\"\nauth = {{ method = \"token\", token_file = \"{tf}\" }}\n\n\
          [aws]\nregion = \"us-east-1\"\nendpoint = \"{moto}\"\n",
@@ -96,6 +111,7 @@ async fn vault_kv2_and_aws_json_key_are_injected_into_route_headers_and_never_lo
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert_eq!(doc["headers"]["x-jenkins"][0], "Bearer jk-SECRET-1");
     assert_eq!(doc["headers"]["x-db"][0], "pw-SECRET-2");
+    assert_eq!(doc["headers"]["x-kv1"][0], "kv1-SECRET-7");
 
     // `check` resolves each secret and prints ok, never a value.
     let config_file = dir.path().join("agent.toml");
@@ -116,12 +132,18 @@ async fn vault_kv2_and_aws_json_key_are_injected_into_route_headers_and_never_lo
     );
     assert!(stdout.contains("secret jenkins (vault): ok"), "{stdout}");
     assert!(stdout.contains("secret db (aws): ok"), "{stdout}");
+    assert!(stdout.contains("secret kv1 (vault): ok"), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_never_logged(
         &[&agent.log, &relay.log],
-        &["jk-SECRET-1", "pw-SECRET-2", &bao.root_token],
+        &[
+            "jk-SECRET-1",
+            "pw-SECRET-2",
+            "kv1-SECRET-7",
+            &bao.root_token,
+        ],
     );
 }
 
