@@ -26,6 +26,12 @@ pub struct Identity {
     pub account: String,
     /// The credential's lookup id (safe to log).
     pub credential_id: String,
+    /// SHA-256 of the secret presented: tells a session opened with a
+    /// rotated-out secret from one opened with the current one.
+    pub secret_hash: [u8; 32],
+    /// When this secret stops being valid if nothing changes (expiry or end
+    /// of a rotation grace), unix seconds.
+    pub valid_until: Option<i64>,
 }
 
 /// Why a credential was refused.
@@ -96,7 +102,8 @@ impl Authenticator {
             }
         };
         let record = record.ok_or(AuthError::Invalid)?;
-        if !record.accepts(&presented, unix_now()) {
+        let secret_hash = presented.hash();
+        if !record.accepts_hash(&secret_hash, unix_now()) {
             return Err(AuthError::Invalid);
         }
         if self.due_for_touch(&key, now) {
@@ -109,9 +116,22 @@ impl Authenticator {
             });
         }
         Ok(Identity {
+            valid_until: record.valid_until(&secret_hash),
             account: record.account,
             credential_id: record.id,
+            secret_hash,
         })
+    }
+
+    /// Drops the cached record of a credential (it changed in the store).
+    pub fn forget(&self, kind: Kind, id: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.remove(&(KindKey::from(kind), id.to_owned()));
+    }
+
+    /// The store this authenticator reads.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn cached(&self, key: &(KindKey, String), now: Instant) -> Option<Option<CredentialRecord>> {
@@ -171,6 +191,7 @@ mod tests {
 
         let id = auth.verify(Kind::ApiKey, &key.secret).await.unwrap();
         assert_eq!(id.account, "acme");
+        assert_eq!(id.secret_hash, key.hash);
         assert_eq!(id.credential_id, key.id);
         // Second time from the cache: same answer.
         assert_eq!(auth.verify(Kind::ApiKey, &key.secret).await.unwrap(), id);

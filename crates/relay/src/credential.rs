@@ -73,26 +73,45 @@ impl std::fmt::Debug for Presented<'_> {
 impl Presented<'_> {
     /// Whether the secret hashes to `stored`, compared in constant time.
     pub fn matches(&self, stored: &[u8]) -> bool {
-        hash_secret(self.secret).ct_eq(stored).into()
+        self.hash().ct_eq(stored).into()
     }
+
+    /// SHA-256 of the secret part: what a session remembers to tell later
+    /// whether it was opened with the current or the rotated-out secret.
+    pub fn hash(&self) -> [u8; 32] {
+        hash_secret(self.secret)
+    }
+}
+
+/// Constant-time equality of two hashes.
+pub fn same_hash(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
 }
 
 /// Generates a new credential of `kind`.
 pub fn generate(kind: Kind) -> NewCredential {
     let mut id = [0u8; ID_HEX / 2];
+    random(&mut id);
+    regenerate(kind, &hex(&id))
+}
+
+/// A new secret for the existing id `id` (rotation keeps the id).
+pub fn regenerate(kind: Kind, id: &str) -> NewCredential {
     let mut secret = [0u8; SECRET_HEX / 2];
-    // The OS RNG failing leaves nothing safe to do but stop.
-    OsRng
-        .try_fill_bytes(&mut id)
-        .and_then(|()| OsRng.try_fill_bytes(&mut secret))
-        .expect("the operating system's random number generator failed");
-    let id = hex(&id);
+    random(&mut secret);
     let secret_hex = hex(&secret);
     NewCredential {
         hash: hash_secret(&secret_hex),
         secret: format!("{}{id}_{secret_hex}", kind.prefix()),
-        id,
+        id: id.to_owned(),
     }
+}
+
+fn random(buf: &mut [u8]) {
+    // The OS RNG failing leaves nothing safe to do but stop.
+    OsRng
+        .try_fill_bytes(buf)
+        .expect("the operating system's random number generator failed");
 }
 
 /// Splits `value` into id and secret if it is well-formed for `kind`.

@@ -23,7 +23,7 @@ use tether_wire::{BoxBody, BoxError, ErrorCode, Problem};
 use crate::State;
 use crate::auth::{AuthError, Identity};
 use crate::credential::{self, Kind};
-use crate::registry::{AgentSession, InFlight, SelectError};
+use crate::registry::{InFlight, SelectError};
 
 /// One caller request's id, and its problem answers.
 struct Call {
@@ -82,6 +82,7 @@ impl Call {
                 .flatten()
         });
         let Some(key) = key else {
+            state.limiter.failed(remote.ip());
             return Err(self.problem(
                 ErrorCode::Unauthorized,
                 "API key required in Proxy-Authorization: Bearer",
@@ -91,7 +92,14 @@ impl Call {
             Ok(caller) => Ok(caller),
             Err(AuthError::Malformed | AuthError::Invalid) => {
                 tracing::info!(%remote, "caller refused: invalid API key");
-                Err(self.problem(ErrorCode::Unauthorized, "invalid API key"))
+                if state.limiter.failed(remote.ip()) {
+                    Err(self.problem(
+                        ErrorCode::RateLimited,
+                        "too many failed authentications from this address",
+                    ))
+                } else {
+                    Err(self.problem(ErrorCode::Unauthorized, "invalid API key"))
+                }
             }
             Err(AuthError::Store(e)) => {
                 tracing::error!(error = %e, "key check failed: store unavailable");
@@ -100,74 +108,87 @@ impl Call {
         }
     }
 
-    /// Chooses an agent session of the caller's account.
-    fn select(
+    /// Chooses a session of the caller's account and sends `request` on
+    /// it; returns the agent's response with `Tether-Agent` and
+    /// `Tether-Request-Id`, its body counted in flight.
+    ///
+    /// A request that never reached an agent (the session was closing, or
+    /// HTTP/2 gave the request back unsent, as after a GOAWAY) goes to
+    /// another matching session, at most [`MAX_ATTEMPTS`] in all. A request
+    /// that may have reached an agent is never sent again.
+    async fn dispatch(
         &self,
         state: &State,
-        headers: &http::HeaderMap,
+        selector: &[String],
         account: &str,
         route: Option<&str>,
-    ) -> Result<Arc<AgentSession>, Problem> {
-        let selector = headers
-            .get(th::SELECTOR)
-            .and_then(|v| v.to_str().ok())
-            .map(protocol::parse_tags)
-            .unwrap_or_default();
-        state
-            .registry
-            .select(account, &selector, route)
-            .map_err(|e| match e {
-                SelectError::NoAgent => self.problem(
-                    ErrorCode::NoAgent,
-                    "no agent connected for this account and selector",
-                ),
-                SelectError::NoSuchRoute => self.problem(
-                    ErrorCode::NoSuchRoute,
-                    &format!("no connected agent serves route {:?}", route.unwrap_or("")),
-                ),
-            })
-    }
-
-    /// Sends `request` on `session` and returns the agent's response with
-    /// `Tether-Agent` and `Tether-Request-Id`, its body counted in flight.
-    async fn forward(
-        &self,
-        session: &Arc<AgentSession>,
-        request: Request<BoxBody>,
+        mut request: Request<BoxBody>,
         body_cap: Option<u64>,
     ) -> Response<BoxBody> {
-        let (mut sender, in_flight) = session.begin_request();
-        if sender.ready().await.is_err() {
-            return self.fail(ErrorCode::AgentLost, "agent session closed");
-        }
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
-            Err(e) if caused_by_length_limit(&e) => {
-                return self.fail(
-                    ErrorCode::PayloadTooLarge,
-                    &format!("request body over {} bytes", body_cap.unwrap_or(0)),
-                );
+        let mut tried = Vec::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let session = match state.registry.select(account, selector, route, &tried) {
+                Ok(session) => session,
+                Err(_) if !tried.is_empty() => break,
+                Err(SelectError::NoAgent) => {
+                    return self.fail(
+                        ErrorCode::NoAgent,
+                        "no agent connected for this account and selector",
+                    );
+                }
+                Err(SelectError::NoSuchRoute) => {
+                    return self.fail(
+                        ErrorCode::NoSuchRoute,
+                        &format!("no connected agent serves route {:?}", route.unwrap_or("")),
+                    );
+                }
+            };
+            tried.push(session.id);
+            let (mut sender, in_flight) = session.begin_request();
+            if sender.ready().await.is_err() {
+                continue;
             }
-            Err(e) => {
-                tracing::info!(request_id = %self.request_id, agent = %session.info.name, error = %e,
-                    "request lost with its agent session");
-                return self.fail(
-                    ErrorCode::AgentLost,
-                    "the agent session ended before the response",
-                );
+            let response = match sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        tracing::debug!(request_id = %self.request_id, session = session.id,
+                            "request not sent (session closing); trying another session");
+                        request = unsent;
+                        continue;
+                    }
+                    None if caused_by_length_limit(e.error()) => {
+                        return self.fail(
+                            ErrorCode::PayloadTooLarge,
+                            &format!("request body over {} bytes", body_cap.unwrap_or(0)),
+                        );
+                    }
+                    None => {
+                        tracing::info!(request_id = %self.request_id, agent = %session.info.name,
+                            error = %e.error(), "request lost with its agent session");
+                        return self.fail(
+                            ErrorCode::AgentLost,
+                            "the agent session ended before the response",
+                        );
+                    }
+                },
+            };
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Ok(v) = HeaderValue::from_str(&session.info.name) {
+                parts.headers.insert(th::AGENT, v);
             }
-        };
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Ok(v) = HeaderValue::from_str(&session.info.name) {
-            parts.headers.insert(th::AGENT, v);
+            self.stamp(&mut parts.headers);
+            let body = InFlightBody {
+                inner: body.map_err(BoxError::from).boxed(),
+                _in_flight: in_flight,
+            };
+            return Response::from_parts(parts, body.boxed());
         }
-        self.stamp(&mut parts.headers);
-        let body = InFlightBody {
-            inner: body.map_err(BoxError::from).boxed(),
-            _in_flight: in_flight,
-        };
-        Response::from_parts(parts, body.boxed())
+        self.fail(
+            ErrorCode::AgentLost,
+            "every matching agent session was closing",
+        )
     }
 
     /// The headers the relay adds to everything it sends an agent.
@@ -199,10 +220,7 @@ pub(crate) async fn handle_route(
         return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
     };
     let route = route.to_owned();
-    let session = match call.select(&state, req.headers(), &caller.account, Some(&route)) {
-        Ok(session) => session,
-        Err(problem) => return call.respond(problem),
-    };
+    let selector = selector(req.headers());
 
     let cap = state.config.limits.max_body_bytes;
     if let Some(cap) = cap {
@@ -242,10 +260,17 @@ pub(crate) async fn handle_route(
         None => body.map_err(BoxError::from).boxed(),
     };
     let response = call
-        .forward(&session, Request::from_parts(parts, body), cap)
+        .dispatch(
+            &state,
+            &selector,
+            &caller.account,
+            Some(&route),
+            Request::from_parts(parts, body),
+            cap,
+        )
         .await;
     tracing::debug!(request_id = %call.request_id, account = %caller.account, route,
-        agent = %session.info.name, status = response.status().as_u16(), "relayed");
+        status = response.status().as_u16(), "relayed");
     response
 }
 
@@ -265,10 +290,7 @@ pub(crate) async fn handle_resolve(
     if req.method() != http::Method::POST {
         return call.fail(ErrorCode::BadRequest, "use POST");
     }
-    let session = match call.select(&state, req.headers(), &caller.account, None) {
-        Ok(session) => session,
-        Err(problem) => return call.respond(problem),
-    };
+    let selector = selector(req.headers());
     let body = match Limited::new(req.into_body(), RESOLVE_MAX_BYTES)
         .collect()
         .await
@@ -301,12 +323,26 @@ pub(crate) async fn handle_resolve(
         .body(tether_wire::full_body(body))
         .unwrap_or_default();
     call.tag(control.headers_mut(), &caller);
-    let response = call.forward(&session, control, None).await;
+    let response = call
+        .dispatch(&state, &selector, &caller.account, None, control, None)
+        .await;
     tracing::info!(request_id = %call.request_id, account = %caller.account,
         caller_key_id = %caller.credential_id, names = ?request.names,
-        agent = %session.info.name, status = response.status().as_u16(), "secret resolution");
+        status = response.status().as_u16(), "secret resolution");
     response
 }
+
+/// The caller's `Tether-Selector` tags.
+fn selector(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get(th::SELECTOR)
+        .and_then(|v| v.to_str().ok())
+        .map(protocol::parse_tags)
+        .unwrap_or_default()
+}
+
+/// Sessions tried for one request before giving up.
+const MAX_ATTEMPTS: usize = 3;
 
 /// Largest resolve request accepted.
 const RESOLVE_MAX_BYTES: usize = 64 * 1024;

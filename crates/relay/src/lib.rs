@@ -10,7 +10,10 @@
 //! - [`auth`]: verifying presented credentials, with a short cache.
 //! - [`registry`]: connected agent sessions and the choice of one.
 //! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
-//! - `ingress`: the caller API, `/v1/routes/{route}/…`.
+//! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/secrets/resolve`.
+//! - [`limiter`]: failed authentications per source address.
+//! - `watcher`: applies credential changes (revocation, rotation) to live
+//!   sessions and caches, from the store, within a second.
 //!
 //! [`Relay::bind`] opens the store and the listeners; [`Relay::run`] serves
 //! until the shutdown token is cancelled, then drains.
@@ -19,9 +22,11 @@ pub mod auth;
 pub mod config;
 pub mod credential;
 mod ingress;
+pub mod limiter;
 pub mod registry;
 mod session;
 pub mod store;
+mod watcher;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +72,7 @@ pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    pub(crate) limiter: limiter::FailureLimiter,
     draining: AtomicBool,
 }
 
@@ -97,6 +103,7 @@ impl Relay {
             registry: Arc::new(Registry::new()),
             shutdown,
             tracker: TaskTracker::new(),
+            limiter: limiter::FailureLimiter::default(),
             draining: AtomicBool::new(false),
             config,
         });
@@ -158,7 +165,8 @@ impl Relay {
                 .await;
             }
         };
-        tokio::join!(public, admin);
+        let watcher = watcher::run(state.clone());
+        tokio::join!(public, admin, watcher);
         state.draining.store(true, Ordering::Relaxed);
         state.tracker.close();
         let drained = tokio::time::timeout(
@@ -234,8 +242,16 @@ async fn handle_admin(state: Arc<State>, req: Request<Incoming>) -> Response<Box
             &format!(
                 "# HELP tether_relay_agent_sessions Connected agent sessions.\n\
                  # TYPE tether_relay_agent_sessions gauge\n\
-                 tether_relay_agent_sessions {}\n",
-                state.registry.len()
+                 tether_relay_agent_sessions {}\n\
+                 # HELP tether_relay_auth_failures_total Failed authentications (agents and callers).\n\
+                 # TYPE tether_relay_auth_failures_total counter\n\
+                 tether_relay_auth_failures_total {}\n\
+                 # HELP tether_relay_auth_rate_limited_total Failed authentications answered 429.\n\
+                 # TYPE tether_relay_auth_rate_limited_total counter\n\
+                 tether_relay_auth_rate_limited_total {}\n",
+                state.registry.len(),
+                state.limiter.counts().0,
+                state.limiter.counts().1,
             ),
         ),
         _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),

@@ -59,6 +59,29 @@ enum TokensCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
     },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+        /// JSON array of {id, account, name, created, last_used, expires, status}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New secret for the same id, printed alone on stdout; the old secret
+    /// keeps working until the grace ends, then its sessions are closed.
+    Rotate {
+        /// Token id.
+        id: String,
+        /// How long the old secret stays valid.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        grace: Duration,
+    },
+    /// Revoke a token: refused from now on, its sessions closed at once.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +94,20 @@ enum KeysCommand {
         /// A name to recognise it by.
         #[arg(long)]
         name: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+        /// JSON array of {id, account, name, created, last_used, expires, status}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: refused from now on.
+    Revoke {
+        /// Key id.
+        id: String,
     },
 }
 
@@ -114,6 +151,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", token.secret);
             Ok(())
         }
+        Command::Tokens(TokensCommand::List { account, json }) => {
+            let store = Store::open(&config.store.url).await?;
+            print_list(&store.list_tokens(account.as_deref()).await?, json)
+        }
+        Command::Tokens(TokensCommand::Rotate { id, grace }) => {
+            let store = Store::open(&config.store.url).await?;
+            match store.rotate_token(&id, grace).await? {
+                Some(token) => {
+                    tracing::info!(id = %token.id, grace = %humantime::format_duration(grace),
+                        "agent token rotated");
+                    println!("{}", token.secret);
+                    Ok(())
+                }
+                None => anyhow::bail!("no active token with id {id:?}"),
+            }
+        }
+        Command::Tokens(TokensCommand::Revoke { id }) => {
+            revoke(&config, tether_relay::credential::Kind::AgentToken, &id).await
+        }
         Command::Keys(KeysCommand::Create { account, name }) => {
             let store = Store::open(&config.store.url).await?;
             let key = store.create_key(&account, name.as_deref()).await?;
@@ -121,7 +177,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.secret);
             Ok(())
         }
+        Command::Keys(KeysCommand::List { account, json }) => {
+            let store = Store::open(&config.store.url).await?;
+            print_list(&store.list_keys(account.as_deref()).await?, json)
+        }
+        Command::Keys(KeysCommand::Revoke { id }) => {
+            revoke(&config, tether_relay::credential::Kind::ApiKey, &id).await
+        }
     }
+}
+
+async fn revoke(
+    config: &RelayConfig,
+    kind: tether_relay::credential::Kind,
+    id: &str,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.store.url).await?;
+    if !store.revoke(kind, id).await? {
+        anyhow::bail!("nothing to revoke: no unrevoked credential with id {id:?}");
+    }
+    tracing::info!(
+        id,
+        "revoked; running relays close its sessions within a second"
+    );
+    Ok(())
+}
+
+fn print_list(records: &[tether_relay::store::CredentialRecord], json: bool) -> anyhow::Result<()> {
+    let now = tether_relay::store::unix_now();
+    if json {
+        let list: Vec<_> = records.iter().map(|r| r.to_json(now)).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  STATUS",
+        "ID", "ACCOUNT", "NAME", "CREATED", "LAST USED"
+    );
+    for r in records {
+        let doc = r.to_json(now);
+        println!(
+            "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  {}",
+            r.id,
+            r.account,
+            r.name.as_deref().unwrap_or("-"),
+            doc["created"].as_str().unwrap_or("-"),
+            doc["last_used"].as_str().unwrap_or("-"),
+            r.status(now),
+        );
+    }
+    Ok(())
 }
 
 async fn serve(config: RelayConfig) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hyper::client::conn::http2::SendRequest;
@@ -20,6 +20,12 @@ pub struct AgentSession {
     pub account: String,
     /// Lookup id of that token.
     pub token_id: String,
+    /// SHA-256 of the secret that opened the session (current or
+    /// rotated-out), to tell which secret a rotation or revocation hits.
+    pub secret_hash: [u8; 32],
+    /// When that secret stops being valid (unix seconds; `i64::MAX`: no
+    /// end). Updated when the token changes in the store.
+    valid_until: AtomicI64,
     /// What the agent said about itself.
     pub info: AgentInfo,
     /// Peer address of the WebSocket.
@@ -35,8 +41,7 @@ pub struct AgentSession {
 impl AgentSession {
     /// A session over `sender`.
     pub fn new(
-        account: String,
-        token_id: String,
+        identity: crate::auth::Identity,
         info: AgentInfo,
         remote: SocketAddr,
         sender: SendRequest<BoxBody>,
@@ -44,8 +49,10 @@ impl AgentSession {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            account,
-            token_id,
+            account: identity.account,
+            token_id: identity.credential_id,
+            secret_hash: identity.secret_hash,
+            valid_until: AtomicI64::new(identity.valid_until.unwrap_or(i64::MAX)),
             info,
             remote,
             sender,
@@ -64,6 +71,17 @@ impl AgentSession {
     /// Requests in flight on this session.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the secret that opened the session stops being valid.
+    pub fn valid_until(&self) -> Option<i64> {
+        Some(self.valid_until.load(Ordering::Relaxed)).filter(|t| *t != i64::MAX)
+    }
+
+    /// Sets when the session's secret stops being valid.
+    pub fn set_valid_until(&self, until: Option<i64>) {
+        self.valid_until
+            .store(until.unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -180,16 +198,26 @@ impl Registry {
         }
     }
 
-    /// Chooses a session of `account` for a request (see [`choose`]).
+    /// Chooses a session of `account` for a request (see [`choose`]),
+    /// leaving out the sessions in `exclude` (already tried).
     pub fn select(
         &self,
         account: &str,
         selector: &[String],
         route: Option<&str>,
+        exclude: &[u64],
     ) -> Result<Arc<AgentSession>, SelectError> {
         let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
         let list = map.get(account).ok_or(SelectError::NoAgent)?;
-        choose(list, selector, route, &mut rand::rng()).cloned()
+        if exclude.is_empty() {
+            return choose(list, selector, route, &mut rand::rng()).cloned();
+        }
+        let left: Vec<_> = list
+            .iter()
+            .filter(|s| !exclude.contains(&s.id))
+            .cloned()
+            .collect();
+        choose(&left, selector, route, &mut rand::rng()).cloned()
     }
 
     /// Every connected session.

@@ -51,7 +51,7 @@ pub(crate) async fn handle_connect(
         Ok(hello) => hello,
         Err(problem) => return refusal(problem),
     };
-    let identity = match authenticate(&state, req.headers()).await {
+    let identity = match authenticate(&state, req.headers(), remote).await {
         Ok(identity) => identity,
         Err(problem) => {
             tracing::info!(%remote, agent = %hello.name, "agent refused: bad token");
@@ -136,12 +136,17 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Proble
     })
 }
 
-async fn authenticate(state: &State, headers: &HeaderMap) -> Result<Identity, Problem> {
+async fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Identity, Problem> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(credential::bearer);
     let Some(value) = value else {
+        state.limiter.failed(remote.ip());
         return Err(Problem::new(
             ErrorCode::Unauthorized,
             "agent token required",
@@ -149,6 +154,12 @@ async fn authenticate(state: &State, headers: &HeaderMap) -> Result<Identity, Pr
     };
     match state.auth.verify(Kind::AgentToken, value).await {
         Ok(identity) => Ok(identity),
+        Err(AuthError::Malformed | AuthError::Invalid) if state.limiter.failed(remote.ip()) => {
+            Err(Problem::new(
+                ErrorCode::RateLimited,
+                "too many failed authentications from this address",
+            ))
+        }
         Err(AuthError::Malformed | AuthError::Invalid) => {
             Err(Problem::new(ErrorCode::Unauthorized, "invalid agent token"))
         }
@@ -230,13 +241,7 @@ async fn run_session(
             return;
         }
     };
-    let session = Arc::new(AgentSession::new(
-        identity.account,
-        identity.credential_id,
-        info,
-        remote,
-        sender,
-    ));
+    let session = Arc::new(AgentSession::new(identity, info, remote, sender));
     state.registry.insert(session.clone());
     tracing::info!(
         session = session.id,
@@ -248,18 +253,21 @@ async fn run_session(
         %remote,
         "agent connected"
     );
-    let why = tokio::select! {
-        result = &mut connection => match result {
+    let (why, drain_first) = tokio::select! {
+        result = &mut connection => (match result {
             Ok(Ok(())) => "closed by agent".to_owned(),
             Ok(Err(e)) => format!("connection error: {e}"),
             Err(e) => format!("connection task failed: {e}"),
-        },
-        _ = session.closed.cancelled() => "closed by relay".to_owned(),
-        _ = state.shutdown.cancelled() => "relay shutting down".to_owned(),
+        }, false),
+        // Revoked or rotated out: closed at once, requests in flight fail.
+        _ = session.closed.cancelled() => ("its token is no longer valid".to_owned(), false),
+        _ = state.shutdown.cancelled() => ("relay shutting down".to_owned(), true),
     };
     state.registry.remove(&session);
     if !connection.is_finished() {
-        drain(&session, state.config.drain_timeout).await;
+        if drain_first {
+            drain(&session, state.config.drain_timeout).await;
+        }
         connection.abort();
     }
     tracing::info!(session = session.id, agent = %session.info.name, reason = %why, "agent disconnected");

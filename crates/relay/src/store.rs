@@ -55,22 +55,114 @@ pub struct CredentialRecord {
     pub revoked: Option<i64>,
 }
 
+/// Where a credential stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Usable.
+    Active,
+    /// Rotated: the previous secret stays valid until this time.
+    Rotating {
+        /// End of the grace (unix seconds).
+        until: i64,
+    },
+    /// Revoked: refused, sessions closed.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Active => f.write_str("active"),
+            Self::Rotating { until } => write!(f, "rotating until {}", rfc3339(*until)),
+            Self::Revoked => f.write_str("revoked"),
+            Self::Expired => f.write_str("expired"),
+        }
+    }
+}
+
 impl CredentialRecord {
     /// Whether `presented` is a currently valid secret for this record.
-    ///
-    /// Both hashes are always compared so the time taken does not depend on
-    /// which one matched.
     pub fn accepts(&self, presented: &Presented<'_>, now: i64) -> bool {
+        self.accepts_hash(&presented.hash(), now)
+    }
+
+    /// Whether a secret hashing to `hash` is currently valid. Both stored
+    /// hashes are always compared, so the time taken does not depend on
+    /// which one matched.
+    pub fn accepts_hash(&self, hash: &[u8], now: i64) -> bool {
         if self.revoked.is_some() || self.expires.is_some_and(|e| now >= e) {
             return false;
         }
-        let current = presented.matches(&self.hash);
+        let current = credential::same_hash(hash, &self.hash);
         let previous = match (&self.prev_hash, self.prev_until) {
-            (Some(h), Some(until)) => presented.matches(h) && now < until,
+            (Some(h), Some(until)) => credential::same_hash(hash, h) && now < until,
             _ => false,
         };
         current | previous
     }
+
+    /// Until when a secret hashing to `hash` stays valid if nothing else
+    /// changes: the expiry, or the end of a rotation grace for the old
+    /// secret. `None`: no end.
+    pub fn valid_until(&self, hash: &[u8]) -> Option<i64> {
+        let grace_end = if credential::same_hash(hash, &self.hash) {
+            None
+        } else {
+            self.prev_until
+        };
+        match (self.expires, grace_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Where it stands at `now`.
+    pub fn status(&self, now: i64) -> Status {
+        if self.revoked.is_some() {
+            Status::Revoked
+        } else if self.expires.is_some_and(|e| now >= e) {
+            Status::Expired
+        } else if let Some(until) = self.prev_until.filter(|u| now < *u) {
+            Status::Rotating { until }
+        } else {
+            Status::Active
+        }
+    }
+
+    /// The listing shape: `{id, account, name, created, last_used, expires,
+    /// status}`; never a secret or hash.
+    pub fn to_json(&self, now: i64) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "account": self.account,
+            "name": self.name,
+            "created": rfc3339(self.created),
+            "last_used": self.last_used.map(rfc3339),
+            "expires": self.expires.map(rfc3339),
+            "status": self.status(now).to_string(),
+        })
+    }
+}
+
+/// A change recorded in `credential_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialEvent {
+    /// Position in the log.
+    pub seq: i64,
+    /// Token or key.
+    pub kind: Kind,
+    /// Which credential.
+    pub credential_id: String,
+    /// `created`, `rotated` or `revoked`.
+    pub event: String,
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(t: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Handle to the database; cheap to clone.
@@ -125,6 +217,7 @@ impl Store {
         .bind(expires.map(unix))
         .execute(&mut *tx)
         .await?;
+        record_event(&mut tx, Kind::AgentToken, &new.id, "created").await?;
         tx.commit().await?;
         Ok(new)
     }
@@ -148,8 +241,131 @@ impl Store {
         .bind(unix_now())
         .execute(&mut *tx)
         .await?;
+        record_event(&mut tx, Kind::ApiKey, &new.id, "created").await?;
         tx.commit().await?;
         Ok(new)
+    }
+
+    /// Agent tokens, optionally of one account, oldest first.
+    pub async fn list_tokens(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.list(
+            &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens"),
+            account,
+        )
+        .await
+    }
+
+    /// API keys, optionally of one account, oldest first.
+    pub async fn list_keys(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.list(&format!("SELECT {KEY_COLUMNS} FROM api_keys"), account)
+            .await
+    }
+
+    async fn list(
+        &self,
+        select: &str,
+        account: Option<&str>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let sql = format!("{select} WHERE (?1 IS NULL OR account = ?1) ORDER BY created, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(record)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// Gives token `id` a new secret; the old one stays valid for `grace`.
+    /// `Ok(None)` if there is no such token, or it is revoked.
+    pub async fn rotate_token(
+        &self,
+        id: &str,
+        grace: std::time::Duration,
+    ) -> Result<Option<NewCredential>, StoreError> {
+        let new = credential::regenerate(Kind::AgentToken, id);
+        let until = unix_now().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE agent_tokens SET prev_hash = hash, prev_until = ?, hash = ? \
+             WHERE id = ? AND revoked IS NULL",
+        )
+        .bind(until)
+        .bind(&new.hash[..])
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        record_event(&mut tx, Kind::AgentToken, id, "rotated").await?;
+        tx.commit().await?;
+        Ok(Some(new))
+    }
+
+    /// Revokes a token or key (both secrets of a rotating token). Returns
+    /// whether it existed and was not revoked already.
+    pub async fn revoke(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        let sql = match kind {
+            Kind::AgentToken => {
+                "UPDATE agent_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL"
+            }
+            Kind::ApiKey => "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(sql)
+            .bind(unix_now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record_event(&mut tx, kind, id, "revoked").await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Position of the newest credential event (0 if none).
+    pub async fn last_event(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM credential_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Credential events after `seq`, in order (at most 1000).
+    pub async fn events_after(&self, seq: i64) -> Result<Vec<CredentialEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, credential_id, event FROM credential_events \
+             WHERE seq > ? ORDER BY seq LIMIT 1000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(CredentialEvent {
+                    seq: r.try_get("seq")?,
+                    kind: if kind == "key" {
+                        Kind::ApiKey
+                    } else {
+                        Kind::AgentToken
+                    },
+                    credential_id: r.try_get("credential_id")?,
+                    event: r.try_get("event")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// The agent token with lookup id `id`.
@@ -208,6 +424,28 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error
     })
 }
 
+async fn record_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    kind: Kind,
+    id: &str,
+    event: &str,
+) -> Result<(), StoreError> {
+    let kind = match kind {
+        Kind::AgentToken => "token",
+        Kind::ApiKey => "key",
+    };
+    sqlx::query(
+        "INSERT INTO credential_events (kind, credential_id, event, at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(event)
+    .bind(unix_now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn ensure_account(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     account: &str,
@@ -233,13 +471,23 @@ pub fn valid_account(account: &str) -> bool {
 
 fn migrator() -> Migrator {
     use sqlx::SqlSafeStr;
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "initial".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_initial.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
+        migration(
+            2,
+            "credential events",
+            include_str!("../migrations/0002_credential_events.sql"),
+        ),
+    ])
 }
 
 /// Seconds since the epoch of `t`.
@@ -317,6 +565,70 @@ mod tests {
                 .last_used
                 .is_some()
         );
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_id_and_both_secrets_work_during_grace() {
+        let (_dir, store) = store().await;
+        let old = store.create_token("acme", None, None).await.unwrap();
+        let new = store
+            .rotate_token(&old.id, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.id, old.id);
+        assert_ne!(new.secret, old.secret);
+        let record = store.token(&old.id).await.unwrap().unwrap();
+        let now = unix_now();
+        assert!(record.accepts_hash(&old.hash, now));
+        assert!(record.accepts_hash(&new.hash, now));
+        assert!(matches!(record.status(now), Status::Rotating { .. }));
+        assert_eq!(record.valid_until(&new.hash), None);
+        assert!(record.valid_until(&old.hash).is_some());
+        // After the grace only the new secret works.
+        assert!(!record.accepts_hash(&old.hash, now + 3601));
+        assert!(record.accepts_hash(&new.hash, now + 3601));
+        // Revocation covers both.
+        assert!(store.revoke(Kind::AgentToken, &old.id).await.unwrap());
+        let record = store.token(&old.id).await.unwrap().unwrap();
+        assert!(!record.accepts_hash(&new.hash, now) && !record.accepts_hash(&old.hash, now));
+        assert_eq!(record.status(now), Status::Revoked);
+        assert!(
+            !store.revoke(Kind::AgentToken, &old.id).await.unwrap(),
+            "already revoked"
+        );
+        assert!(
+            store
+                .rotate_token(&old.id, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let events: Vec<String> = store
+            .events_after(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(events, ["created", "rotated", "revoked"]);
+    }
+
+    #[tokio::test]
+    async fn listing_shows_status_and_never_a_hash() {
+        let (_dir, store) = store().await;
+        store.create_token("acme", Some("eu"), None).await.unwrap();
+        let k = store.create_key("globex", None).await.unwrap();
+        store.revoke(Kind::ApiKey, &k.id).await.unwrap();
+        let tokens = store.list_tokens(Some("acme")).await.unwrap();
+        assert_eq!(tokens.len(), 1);
+        let json = tokens[0].to_json(unix_now());
+        assert_eq!(json["status"], "active");
+        assert_eq!(json["name"], "eu");
+        assert_eq!(json.as_object().unwrap().len(), 7);
+        assert!(store.list_tokens(Some("globex")).await.unwrap().is_empty());
+        let keys = store.list_keys(None).await.unwrap();
+        assert_eq!(keys[0].to_json(unix_now())["status"], "revoked");
     }
 
     #[tokio::test]

@@ -1,0 +1,96 @@
+//! Applies credential changes to live sessions and caches.
+//!
+//! Every 250 ms the relay reads the store's credential events after the
+//! last one it saw. So `tokens revoke` (from any CLI, or from another relay
+//! process sharing the store) closes the sessions opened with that token
+//! within well under a second, a rotation re-times the sessions opened with
+//! the old secret to the end of its grace, and cached records of changed
+//! keys and tokens are dropped. The same tick closes sessions whose secret
+//! reached its expiry or the end of its rotation grace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::State;
+use crate::credential::Kind;
+use crate::store::unix_now;
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub(crate) async fn run(state: Arc<State>) {
+    let store = state.auth.store().clone();
+    let mut seen = match store.last_event().await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read credential events; revocations will not close sessions");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        match store.events_after(seen).await {
+            Ok(events) => {
+                failing = false;
+                for event in events {
+                    seen = event.seq;
+                    state.auth.forget(event.kind, &event.credential_id);
+                    if event.kind == Kind::AgentToken && event.event != "created" {
+                        recheck_token(&state, &event.credential_id).await;
+                    }
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read credential events");
+            }
+            Err(_) => {}
+        }
+        let now = unix_now();
+        for session in state.registry.sessions() {
+            if session.valid_until().is_some_and(|t| now >= t) {
+                tracing::info!(session = session.id, token_id = %session.token_id,
+                    "closing session: its token expired or its rotation grace ended");
+                session.closed.cancel();
+            }
+        }
+    }
+}
+
+/// Re-reads token `id` and closes or re-times the sessions it opened.
+async fn recheck_token(state: &State, id: &str) {
+    let sessions: Vec<_> = state
+        .registry
+        .sessions()
+        .into_iter()
+        .filter(|s| s.token_id == id)
+        .collect();
+    if sessions.is_empty() {
+        return;
+    }
+    let record = match state.auth.store().token(id).await {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(error = %e, token_id = %id, "cannot re-read a changed token");
+            return;
+        }
+    };
+    let now = unix_now();
+    for session in sessions {
+        match &record {
+            Some(r) if r.accepts_hash(&session.secret_hash, now) => {
+                session.set_valid_until(r.valid_until(&session.secret_hash));
+            }
+            _ => {
+                tracing::info!(session = session.id, token_id = %id, agent = %session.info.name,
+                    "closing session: its token was revoked");
+                session.closed.cancel();
+            }
+        }
+    }
+}
