@@ -114,15 +114,24 @@ impl Agent {
     /// (bounded by `drain_timeout`).
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        for slot in 0..self.config.relay.connections {
-            tracker.spawn(tunnel::run_slot(
-                slot,
-                self.config.clone(),
-                self.relay_tls.clone(),
-                self.dispatcher.clone(),
-                self.sessions.clone(),
-                shutdown.clone(),
-            ));
+        // Kept alive for the whole run: slots wait on it.
+        let (token_changes, token_rx) = tokio::sync::watch::channel(0u64);
+        tracker.spawn(tunnel::watch_token(
+            self.config.relay.token.clone(),
+            token_changes,
+            shutdown.clone(),
+        ));
+        for number in 0..self.config.relay.connections {
+            let slot = tunnel::Slot {
+                number,
+                config: self.config.clone(),
+                tls: self.relay_tls.clone(),
+                dispatcher: self.dispatcher.clone(),
+                sessions: self.sessions.clone(),
+                token_changes: token_rx.clone(),
+                tracker: tracker.clone(),
+            };
+            tracker.spawn(slot.run(shutdown.clone()));
         }
         if let Some(listener) = self.admin {
             tracker.spawn(admin::serve(

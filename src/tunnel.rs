@@ -13,10 +13,12 @@ use tether_wire::WsIo;
 use tether_wire::protocol::{self, header as th};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, TokenSource};
@@ -32,6 +34,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest WebSocket message accepted from the relay.
 const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// How often the token file is read for changes.
+const TOKEN_POLL: Duration = Duration::from_secs(1);
 /// HTTP/2 keepalive towards the relay.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -81,47 +85,153 @@ impl Sessions {
     }
 }
 
-/// Runs connection slot `slot` until `shutdown`: dial, serve, back off, again.
-pub async fn run_slot(
-    slot: u32,
-    config: Arc<AgentConfig>,
-    tls: Arc<rustls::ClientConfig>,
-    dispatcher: Arc<Dispatcher>,
-    sessions: Arc<Sessions>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-    while !shutdown.is_cancelled() {
-        let dial = tokio::time::timeout(DIAL_TIMEOUT, dial(&config, &tls));
-        let result = tokio::select! {
-            result = dial => result.unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT))),
-            () = shutdown.cancelled() => break,
-        };
-        match result {
-            Ok(io) => {
-                let started = Instant::now();
-                sessions.0.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(slot, relay = %config.relay.url, "session up");
-                let why = serve_session(io, &config, dispatcher.clone(), &shutdown).await;
-                sessions.0.fetch_sub(1, Ordering::Relaxed);
-                tracing::info!(slot, reason = %why, "session ended");
-                if started.elapsed() >= STABLE_AFTER {
-                    backoff.reset();
+/// Everything a connection slot needs.
+pub struct Slot {
+    /// Slot number, for logs.
+    pub number: u32,
+    /// The configuration.
+    pub config: Arc<AgentConfig>,
+    /// TLS towards the relay.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Serves the relay's requests.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Live session count.
+    pub sessions: Arc<Sessions>,
+    /// Bumped when the token file changes.
+    pub token_changes: watch::Receiver<u64>,
+    /// Where draining old sessions run, so shutdown waits for them.
+    pub tracker: TaskTracker,
+}
+
+/// A session being served: its task, and the token that drains it.
+struct Live {
+    drain: CancellationToken,
+    done: tokio::task::JoinHandle<String>,
+    started: Instant,
+}
+
+impl Slot {
+    /// Runs until `shutdown`: dial, serve, back off, again. When the token
+    /// file changes, a session with the new token is opened *before* the
+    /// old one is drained (GOAWAY, requests in flight finish), so a
+    /// rotation fails no request.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let slot = self.number;
+        'reconnect: while !shutdown.is_cancelled() {
+            let dialled = tokio::select! {
+                result = self.dial() => result,
+                () = shutdown.cancelled() => break,
+            };
+            self.token_changes.borrow_and_update();
+            match dialled {
+                Ok(io) => {
+                    let mut live = self.spawn_session(io);
+                    tracing::info!(slot, relay = %self.config.relay.url, "session up");
+                    loop {
+                        tokio::select! {
+                            why = &mut live.done => {
+                                let why = why.unwrap_or_else(|e| format!("session task failed: {e}"));
+                                tracing::info!(slot, reason = %why, "session ended");
+                                if live.started.elapsed() >= STABLE_AFTER {
+                                    backoff.reset();
+                                }
+                                break;
+                            }
+                            () = shutdown.cancelled() => {
+                                live.drain.cancel();
+                                let _ = (&mut live.done).await;
+                                break 'reconnect;
+                            }
+                            Ok(()) = self.token_changes.changed() => {
+                                match self.dial().await {
+                                    Ok(io) => {
+                                        let old = std::mem::replace(&mut live, self.spawn_session(io));
+                                        old.drain.cancel();
+                                        self.tracker.spawn(old.done);
+                                        tracing::info!(slot, "new token in use; previous session draining");
+                                    }
+                                    Err(e) => tracing::warn!(slot, error = %e,
+                                        "the new token was not accepted; keeping the current session"),
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(slot, relay = %self.config.relay.url, error = %e, "cannot open session")
                 }
             }
-            Err(e) => {
-                tracing::warn!(slot, relay = %config.relay.url, error = %e, "cannot open session")
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let delay = backoff.next_delay(&mut rand::rng());
+            tracing::debug!(slot, ?delay, "reconnecting after delay");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
             }
         }
-        if shutdown.is_cancelled() {
-            break;
+    }
+
+    async fn dial(&self) -> Result<WsIo<Box<dyn Io>>, DialError> {
+        tokio::time::timeout(DIAL_TIMEOUT, dial(&self.config, &self.tls))
+            .await
+            .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
+    }
+
+    fn spawn_session(&self, io: WsIo<Box<dyn Io>>) -> Live {
+        let drain = CancellationToken::new();
+        let config = self.config.clone();
+        let dispatcher = self.dispatcher.clone();
+        let sessions = self.sessions.clone();
+        let token = drain.clone();
+        let done = tokio::spawn(async move {
+            sessions.0.fetch_add(1, Ordering::Relaxed);
+            let why = serve_session(io, &config, dispatcher, &token).await;
+            sessions.0.fetch_sub(1, Ordering::Relaxed);
+            why
+        });
+        Live {
+            drain,
+            done,
+            started: Instant::now(),
         }
-        let delay = backoff.next_delay(&mut rand::rng());
-        tracing::debug!(slot, ?delay, "reconnecting after delay");
+    }
+}
+
+/// Watches the token file: publishes a new generation on `changes` when
+/// its content (trimmed) changes. Re-reading the path every second also
+/// follows Kubernetes Secret volumes, which swap a symlink rather than
+/// writing the file.
+pub async fn watch_token(
+    source: TokenSource,
+    changes: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let TokenSource::File(path) = &source else {
+        // Nothing to watch; hold the sender so slots never see it closed.
+        shutdown.cancelled().await;
+        return;
+    };
+    let mut last = read_token(&source).await.ok();
+    let mut tick = tokio::time::interval(TOKEN_POLL);
+    loop {
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
         }
+        let Ok(current) = read_token(&source).await else {
+            continue;
+        };
+        if current.expose().is_empty() || last.as_ref() == Some(&current) {
+            continue;
+        }
+        if last.is_some() {
+            tracing::info!(file = %path.display(), "token file changed: opening sessions with the new token");
+            changes.send_modify(|generation| *generation += 1);
+        }
+        last = Some(current);
     }
 }
 
@@ -131,7 +241,7 @@ async fn serve_session(
     io: WsIo<Box<dyn Io>>,
     config: &AgentConfig,
     dispatcher: Arc<Dispatcher>,
-    shutdown: &CancellationToken,
+    drain: &CancellationToken,
 ) -> String {
     let service = service_fn(move |req| {
         let dispatcher = dispatcher.clone();
@@ -147,7 +257,7 @@ async fn serve_session(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
+        () = drain.cancelled() => {
             connection.as_mut().graceful_shutdown();
             match tokio::time::timeout(config.drain_timeout, connection.as_mut()).await {
                 Ok(result) => result,

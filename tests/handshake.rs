@@ -7,34 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-fn upgrade_request(
-    relay: &Relay,
-    token: Option<&str>,
-    protocol: Option<&str>,
-    name: Option<&str>,
-) -> Request<tether_wire::BoxBody> {
-    let mut req = Request::get(relay.url("/v1/agent/connect"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(p) = protocol {
-        req = req.header("sec-websocket-protocol", p);
-    }
-    if let Some(n) = name {
-        req = req.header("tether-agent-name", n);
-    }
-    req.body(tether_wire::empty_body()).unwrap()
-}
 
 #[tokio::test]
 async fn bad_token_version_or_name_is_refused_before_upgrade() {

@@ -134,7 +134,19 @@ impl Relay {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    /// Runs a relay CLI command whose stdout is one line (a new secret).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let stdout = self.cli_output(args);
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "secret alone on stdout: {stdout:?}"
+        );
+        stdout.trim().to_owned()
+    }
+
+    /// Runs a relay CLI command against this relay's store; its stdout.
+    pub fn cli_output(&self, args: &[&str]) -> String {
         let out = Command::new(bin("tether-relay"))
             .arg("--config")
             .arg(&self.config)
@@ -146,13 +158,17 @@ impl Relay {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            stdout.lines().count(),
-            1,
-            "secret alone on stdout: {stdout:?}"
-        );
-        stdout.trim().to_owned()
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A metric of the admin listener (first sample with that name).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, _, body) = get(&format!("http://{}/metrics", self.admin), &[]).await;
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in metrics"))
     }
 
     /// `tokens create --account A`.
@@ -621,4 +637,29 @@ fn rand_hex() -> String {
         .unwrap()
         .as_nanos();
     format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// A WebSocket upgrade request to the relay's agent endpoint, as an agent
+/// would send it (each part optional, to test refusals).
+pub fn upgrade_request(
+    relay: &Relay,
+    token: Option<&str>,
+    protocol: Option<&str>,
+    name: Option<&str>,
+) -> Request<tether_wire::BoxBody> {
+    let mut req = Request::get(relay.url("/v1/agent/connect"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(p) = protocol {
+        req = req.header("sec-websocket-protocol", p);
+    }
+    if let Some(n) = name {
+        req = req.header("tether-agent-name", n);
+    }
+    req.body(tether_wire::empty_body()).unwrap()
 }

@@ -113,9 +113,12 @@ impl Call {
     /// `Tether-Request-Id`, its body counted in flight.
     ///
     /// A request that never reached an agent (the session was closing, or
-    /// HTTP/2 gave the request back unsent, as after a GOAWAY) goes to
-    /// another matching session, at most [`MAX_ATTEMPTS`] in all. A request
-    /// that may have reached an agent is never sent again.
+    /// HTTP/2 gave the request back unsent) goes to another matching
+    /// session, at most [`MAX_ATTEMPTS`] in all. A request that may have
+    /// reached an agent (its stream was refused or lost with the session,
+    /// as when a GOAWAY crosses it) is sent again only if it is idempotent
+    /// — GET, HEAD or OPTIONS — with an empty body; anything else gets
+    /// `502 agent_lost` and is never re-sent.
     async fn dispatch(
         &self,
         state: &State,
@@ -126,6 +129,7 @@ impl Call {
         body_cap: Option<u64>,
     ) -> Response<BoxBody> {
         let mut tried = Vec::new();
+        let replay = Replay::of(&request);
         for _ in 0..MAX_ATTEMPTS {
             let session = match state.registry.select(account, selector, route, &tried) {
                 Ok(session) => session,
@@ -162,6 +166,12 @@ impl Call {
                             ErrorCode::PayloadTooLarge,
                             &format!("request body over {} bytes", body_cap.unwrap_or(0)),
                         );
+                    }
+                    None if replay.is_some() => {
+                        tracing::debug!(request_id = %self.request_id, session = session.id,
+                            error = %e.error(), "idempotent request lost with its session; re-sending");
+                        request = replay.as_ref().map(Replay::request).unwrap_or_default();
+                        continue;
                     }
                     None => {
                         tracing::info!(request_id = %self.request_id, agent = %session.info.name,
@@ -330,6 +340,38 @@ pub(crate) async fn handle_resolve(
         caller_key_id = %caller.credential_id, names = ?request.names,
         status = response.status().as_u16(), "secret resolution");
     response
+}
+
+/// The head of an idempotent, bodiless request, kept so it can be sent
+/// again on another session if its session dies under it.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<BoxBody>) -> Option<Self> {
+        use http::Method;
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
+        (idempotent && request.body().is_end_stream()).then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<BoxBody> {
+        let mut request = Request::new(tether_wire::empty_body());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = http::Version::HTTP_2;
+        request
+    }
 }
 
 /// The caller's `Tether-Selector` tags.
