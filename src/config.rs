@@ -59,6 +59,13 @@ struct RawConfig {
     secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     vault: Option<Spanned<RawVault>>,
     aws: Option<Spanned<RawAws>>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +105,7 @@ struct RawRoute {
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    keys: Option<Vec<Spanned<String>>>,
 }
 
 // ---- the validated form --------------------------------------------------
@@ -121,6 +129,8 @@ pub struct AgentConfig {
     pub vault: Option<VaultSettings>,
     /// `[aws]`.
     pub aws: Option<AwsSettings>,
+    /// `[audit] file`: JSON lines appended there; the log stream otherwise.
+    pub audit_file: Option<PathBuf>,
 }
 
 /// `[relay]`.
@@ -186,6 +196,9 @@ pub struct Route {
     pub ca_file: Option<PathBuf>,
     /// Time allowed for the upstream's response head.
     pub timeout: Duration,
+    /// If set, only these caller API key ids may use the route (the relay
+    /// names the key in a header callers cannot set).
+    pub keys: Option<Vec<String>>,
 }
 
 /// A header a route sets.
@@ -386,6 +399,7 @@ impl AgentConfig {
             secrets,
             vault,
             aws,
+            audit_file: raw.audit.and_then(|a| a.file),
         })
     }
 }
@@ -489,6 +503,25 @@ fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<R
     if timeout.is_zero() {
         return Err((None, format!("routes.{name}.timeout must be above zero")));
     }
+    let keys = match raw.keys {
+        None => None,
+        Some(list) => {
+            let mut keys = Vec::new();
+            for k in list {
+                let id = k.get_ref();
+                if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err((
+                        Some(k.span()),
+                        format!(
+                            "routes.{name}.keys: {id:?} is not an API key id (16 hex digits, as `keys list` shows)"
+                        ),
+                    ));
+                }
+                keys.push(id.to_ascii_lowercase());
+            }
+            Some(keys)
+        }
+    };
     let origin = format!("{scheme}://{authority}");
     let target = Origin::parse(&origin).map_err(url_err)?;
     Ok(Route {
@@ -500,6 +533,7 @@ fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<R
         headers,
         ca_file: raw.ca_file.map(Spanned::into_inner),
         timeout,
+        keys,
     })
 }
 

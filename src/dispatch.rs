@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
@@ -17,6 +16,7 @@ use tether_wire::headers::{strip_hop_by_hop, strip_tether};
 use tether_wire::protocol::{self, AgentInfo, ResolveRequest, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem, full_body};
 
+use crate::audit::{self, AuditLog, AuditRecord, PendingRecord};
 use crate::config::{AgentConfig, Route};
 use crate::secret::SecretString;
 use crate::secrets::export::{self, Refusal};
@@ -35,11 +35,16 @@ pub struct Dispatcher {
     routes: HashMap<String, LiveRoute>,
     info: AgentInfo,
     secrets: Arc<Secrets>,
+    audit: Arc<AuditLog>,
 }
 
 impl Dispatcher {
     /// Builds upstream clients for every route of `config`.
-    pub fn new(config: &AgentConfig, secrets: Arc<Secrets>) -> Result<Self, TlsConfigError> {
+    pub fn new(
+        config: &AgentConfig,
+        secrets: Arc<Secrets>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, TlsConfigError> {
         let mut clients = Clients::default();
         let mut routes = HashMap::new();
         for (name, route) in &config.routes {
@@ -63,7 +68,20 @@ impl Dispatcher {
             routes,
             info,
             secrets,
+            audit,
         })
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    fn audit(&self, request_id: &str, caller: &str, method: &str) -> Audit {
+        Audit {
+            record: AuditRecord::begin(request_id, caller, method),
+            log: self.audit.clone(),
+        }
     }
 
     /// The secrets this dispatcher injects.
@@ -98,18 +116,11 @@ impl Dispatcher {
 
     /// A pipeline's request for exported secrets (see [`export`]).
     async fn handle_resolve(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let started = Instant::now();
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
-        let mut audit = Audit {
-            request_id: &request_id,
-            caller: &caller,
-            route: "",
-            method: "POST",
-            path: protocol::RESOLVE_PATH,
-            secrets: String::new(),
-            started,
-        };
+        let mut audit = self.audit(&request_id, &caller, "POST");
+        audit.record.route = "secrets/resolve".into();
+        audit.record.path = protocol::RESOLVE_PATH.into();
         let problem = |code: ErrorCode, detail: String| {
             Problem::new(code, detail).with_request_id(request_id.clone())
         };
@@ -130,8 +141,7 @@ impl Dispatcher {
                 .into_response();
             }
         };
-        let names = request.names.join(",");
-        audit.secrets = names.chars().take(1024).collect();
+        audit.record.secrets = request.names.iter().take(100).cloned().collect();
         match export::resolve(&self.secrets, &request).await {
             Ok(answer) => {
                 audit.log(StatusCode::OK, "allowed");
@@ -167,19 +177,10 @@ impl Dispatcher {
     }
 
     async fn handle_relayed(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let started = Instant::now();
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let method = req.method().clone();
-        let mut audit = Audit {
-            request_id: &request_id,
-            caller: &caller,
-            route: "",
-            method: method.as_str(),
-            path: "",
-            secrets: String::new(),
-            started,
-        };
+        let mut audit = self.audit(&request_id, &caller, method.as_str());
         let fail = |code: ErrorCode, detail: String| {
             Problem::new(code, detail)
                 .with_request_id(request_id.clone())
@@ -193,8 +194,8 @@ impl Dispatcher {
             return fail(ErrorCode::NoSuchRoute, "no route in path".into());
         };
         let route_name = route_name.as_str();
-        audit.route = route_name;
-        audit.path = &rest;
+        audit.record.route = route_name.to_owned();
+        audit.record.path.clone_from(&rest);
         let Some(live) = self.routes.get(route_name) else {
             audit.log(StatusCode::NOT_FOUND, "no_such_route");
             return fail(
@@ -203,6 +204,15 @@ impl Dispatcher {
             );
         };
         let route = &live.route;
+        if let Some(keys) = &route.keys
+            && !keys.contains(&caller)
+        {
+            audit.log(StatusCode::FORBIDDEN, "denied");
+            return fail(
+                ErrorCode::Denied,
+                format!("route {route_name}: this API key may not use it"),
+            );
+        }
         let path = match route.policy.check(&method, &rest) {
             Ok(path) => path,
             Err(denial) => {
@@ -210,7 +220,7 @@ impl Dispatcher {
                 return fail(ErrorCode::Denied, format!("route {route_name}: {denial}"));
             }
         };
-        audit.path = &path;
+        audit.record.path.clone_from(&path);
         let target = match req.uri().query() {
             Some(q) => format!("{}{}{path}?{q}", route.origin, route.base_path),
             None => format!("{}{}{path}", route.origin, route.base_path),
@@ -240,11 +250,7 @@ impl Dispatcher {
             .chain(route.headers.iter().flat_map(|h| h.template.secrets()))
             .map(str::to_owned)
             .collect();
-        audit.secrets = needed
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
+        audit.record.secrets = needed.iter().cloned().collect();
         let values = match self.resolve(&needed).await {
             Ok(values) => values,
             Err(SecretError::Unknown(name)) => {
@@ -263,7 +269,14 @@ impl Dispatcher {
                 format!("header {name}: value not usable"),
             );
         }
-        let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        let bytes = Arc::new(audit::Bytes::default());
+        let body = Counted::new(
+            body.map_err(BoxError::from).boxed(),
+            bytes.clone(),
+            Direction::In,
+            None,
+        );
+        let upstream_req = Request::from_parts(parts, body.boxed());
 
         let response = tokio::time::timeout(route.timeout, live.client.request(upstream_req)).await;
         let response = match response {
@@ -285,10 +298,16 @@ impl Dispatcher {
                 );
             }
         };
-        audit.log(response.status(), "allowed");
+        let pending = audit.pending(response.status(), bytes.clone());
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        let body = Counted::new(
+            body.map_err(BoxError::from).boxed(),
+            bytes,
+            Direction::Out,
+            Some(pending),
+        );
+        Response::from_parts(parts, body.boxed())
     }
 }
 
@@ -407,33 +426,84 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// The audit record of one relayed request (never a header value, never a
-/// query string: those may carry secrets).
-struct Audit<'a> {
-    request_id: &'a str,
-    caller: &'a str,
-    route: &'a str,
-    method: &'a str,
-    path: &'a str,
-    /// Names (never values) of the secrets the request used.
-    secrets: String,
-    started: Instant,
+/// The audit record of one request, on its way to the audit log.
+struct Audit {
+    record: AuditRecord,
+    log: Arc<AuditLog>,
 }
 
-impl Audit<'_> {
-    fn log(&self, status: StatusCode, decision: &str) {
-        tracing::info!(
-            target: "tether::audit",
-            request_id = self.request_id,
-            caller_key_id = self.caller,
-            route = self.route,
-            method = self.method,
-            path = self.path,
-            status = status.as_u16(),
-            decision,
-            secrets = self.secrets.as_str(),
-            elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "request"
-        );
+impl Audit {
+    /// Writes the record now, with `status` and `decision`.
+    fn log(&mut self, status: StatusCode, decision: &str) {
+        self.record.finish(status.as_u16(), decision);
+        self.log.record(&self.record);
+    }
+
+    /// A record written when the response body ends (bytes, duration).
+    fn pending(mut self, status: StatusCode, bytes: Arc<audit::Bytes>) -> PendingRecord {
+        self.record.finish(status.as_u16(), "allowed");
+        PendingRecord::new(self.record, bytes, self.log)
+    }
+}
+
+/// Which way a [`Counted`] body flows.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
+/// A body that counts its bytes for the audit line; the response body also
+/// carries the pending record, written when the body is done or dropped.
+struct Counted {
+    inner: BoxBody,
+    bytes: Arc<audit::Bytes>,
+    direction: Direction,
+    _pending: Option<PendingRecord>,
+}
+
+impl Counted {
+    fn new(
+        inner: BoxBody,
+        bytes: Arc<audit::Bytes>,
+        direction: Direction,
+        pending: Option<PendingRecord>,
+    ) -> Self {
+        Self {
+            inner,
+            bytes,
+            direction,
+            _pending: pending,
+        }
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let counter = match self.direction {
+                Direction::In => &self.bytes.inbound,
+                Direction::Out => &self.bytes.outbound,
+            };
+            counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -9,6 +9,7 @@
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
 //! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`audit`]: one JSON line per request the cloud sent.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -16,6 +17,7 @@
 //! shutdown token is cancelled, then drains.
 
 mod admin;
+pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;
@@ -43,6 +45,14 @@ pub enum AgentError {
     /// A CA file could not be used.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// The audit file could not be opened.
+    #[error("audit file {path}: {source}")]
+    Audit {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A secret store could not be set up.
     #[error("secrets: {0}")]
     Secrets(#[from] secrets::FetchError),
@@ -79,7 +89,14 @@ impl Agent {
             )
             .await?,
         );
-        let dispatcher = Arc::new(Dispatcher::new(&config, secrets)?);
+        let audit = Arc::new(match &config.audit_file {
+            Some(path) => audit::AuditLog::to_file(path).map_err(|source| AgentError::Audit {
+                path: path.clone(),
+                source,
+            })?,
+            None => audit::AuditLog::to_log(),
+        });
+        let dispatcher = Arc::new(Dispatcher::new(&config, secrets, audit)?);
         let mut relay_tls =
             upstream::tls_client_config(upstream::root_store(config.relay.ca_file.as_deref())?);
         relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -142,8 +159,29 @@ impl Agent {
                 tracker.clone(),
             ));
         }
+        tracker.spawn(reopen_audit_on_sighup(
+            self.dispatcher.audit_log().clone(),
+            shutdown.clone(),
+        ));
         tracker.close();
         tracker.wait().await;
+    }
+}
+
+/// SIGHUP reopens the audit file, so logrotate can move it away.
+async fn reopen_audit_on_sighup(log: Arc<audit::AuditLog>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            received = hup.recv() => match received {
+                Some(()) => log.reopen(),
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 
