@@ -28,6 +28,19 @@ pub struct RelayConfig {
     /// Agent session settings.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the admin API's bearer key. Without it (and without
+    /// `TETHER_RELAY_ADMIN_KEY`) the admin API is off; health, readiness
+    /// and metrics stay on the admin listener.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -39,6 +52,7 @@ impl Default for RelayConfig {
             tls: None,
             limits: LimitsConfig::default(),
             agents: AgentsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

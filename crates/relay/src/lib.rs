@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration and its validation.
+//! - `admin`: the admin HTTP API (admin listener only, bearer admin key).
 //! - [`credential`]: token and key format, generation, constant-time check.
 //! - [`store`]: accounts, tokens and keys (hashes only) in SQLite.
 //! - [`auth`]: verifying presented credentials, with a short cache.
@@ -18,6 +19,7 @@
 //! [`Relay::bind`] opens the store and the listeners; [`Relay::run`] serves
 //! until the shutdown token is cancelled, then drains.
 
+mod admin;
 pub mod auth;
 pub mod config;
 pub mod credential;
@@ -60,6 +62,9 @@ pub enum RelayError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin key file could not be read.
+    #[error("admin key: {0}")]
+    AdminKey(String),
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
@@ -73,6 +78,8 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) limiter: limiter::FailureLimiter,
+    /// The admin API key (hashed); the API is off without one.
+    pub(crate) admin_key: Option<admin::AdminKey>,
     draining: AtomicBool,
 }
 
@@ -86,11 +93,22 @@ pub struct Relay {
 
 impl Relay {
     /// Opens the store and binds the listeners of `config`. Serving starts
-    /// with [`Relay::run`] and stops when `shutdown` is cancelled.
+    /// with [`Relay::run`] and stops when `shutdown` is cancelled. The admin
+    /// key comes from `[admin] key_file`, else `TETHER_RELAY_ADMIN_KEY`.
     pub async fn bind(
         config: RelayConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, RelayError> {
+        let admin_key = match &config.admin.key_file {
+            Some(path) => Some(admin::AdminKey::new(
+                &std::fs::read_to_string(path)
+                    .map_err(|e| RelayError::AdminKey(format!("{}: {e}", path.display())))?,
+            )),
+            None => std::env::var("TETHER_RELAY_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| admin::AdminKey::new(&k)),
+        };
         let store = Store::open(&config.store.url).await?;
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let public = bind(config.listen.public).await?;
@@ -104,6 +122,7 @@ impl Relay {
             shutdown,
             tracker: TaskTracker::new(),
             limiter: limiter::FailureLimiter::default(),
+            admin_key,
             draining: AtomicBool::new(false),
             config,
         });
@@ -158,7 +177,9 @@ impl Relay {
                     listener,
                     None,
                     options.clone(),
-                    serve::handler(move |req, _| handle_admin(admin_state.clone(), req)),
+                    serve::handler(move |req, remote| {
+                        handle_admin(admin_state.clone(), req, remote)
+                    }),
                     state.shutdown.clone(),
                     state.tracker.clone(),
                 )
@@ -233,7 +254,14 @@ async fn handle_public(
     }
 }
 
-async fn handle_admin(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+async fn handle_admin(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<BoxBody> {
+    if req.uri().path().starts_with("/v1/admin/") {
+        return admin::handle(state, req, remote).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),

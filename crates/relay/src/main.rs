@@ -43,6 +43,15 @@ enum Command {
     /// Caller API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Connected agents (asks the running relay's admin API).
+    Agents {
+        /// JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The admin listener to ask, if not `[listen] admin` of the config.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,7 +193,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Revoke { id }) => {
             revoke(&config, tether_relay::credential::Kind::ApiKey, &id).await
         }
+        Command::Agents { json, admin } => agents(&config, json, admin).await,
     }
+}
+
+/// `GET /v1/admin/agents` on the admin listener of `config`.
+async fn agents(
+    config: &RelayConfig,
+    json: bool,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let Some(addr) = admin.or(config.listen.admin) else {
+        anyhow::bail!("[listen] admin is off: no running relay to ask (or pass --admin)");
+    };
+    let key = match &config.admin.key_file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => std::env::var("TETHER_RELAY_ADMIN_KEY")
+            .context("the admin API needs [admin] key_file or TETHER_RELAY_ADMIN_KEY")?,
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<tether_wire::BoxBody>();
+    let request = http::Request::get(format!("http://{addr}/v1/admin/agents"))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", key.trim()),
+        )
+        .body(tether_wire::empty_body())?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("asking the relay's admin listener at {addr}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!(
+            "admin API answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let list: serde_json::Value = serde_json::from_slice(&body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  ROUTES",
+        "SESSION", "ACCOUNT", "AGENT", "INSTANCE", "TOKEN", "IN FLIGHT"
+    );
+    for a in list.as_array().into_iter().flatten() {
+        println!(
+            "{:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  {}",
+            a["session"],
+            a["account"].as_str().unwrap_or(""),
+            a["name"].as_str().unwrap_or(""),
+            a["instance"].as_str().unwrap_or(""),
+            a["token_id"].as_str().unwrap_or(""),
+            a["in_flight"],
+            a["routes"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
 }
 
 async fn revoke(

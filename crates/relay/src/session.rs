@@ -250,6 +250,7 @@ async fn run_session(
         instance = %session.info.instance,
         version = %session.info.version,
         routes = ?session.info.routes,
+        token_id = %session.token_id,
         %remote,
         "agent connected"
     );
@@ -270,7 +271,8 @@ async fn run_session(
         }
         connection.abort();
     }
-    tracing::info!(session = session.id, agent = %session.info.name, reason = %why, "agent disconnected");
+    tracing::info!(session = session.id, agent = %session.info.name, token_id = %session.token_id,
+        %remote, reason = %why, "agent disconnected");
 }
 
 /// Waits (bounded) for requests in flight on `session` to finish.
