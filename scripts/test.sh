@@ -47,9 +47,6 @@ cargo nextest run --workspace --no-fail-fast
 echo "==> demo smoke test"
 scripts/demo.sh --once
 
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  echo "==> fuzz smoke run"
-  scripts/fuzz.sh
-else
-  echo "==> fuzz smoke run skipped: no nightly toolchain"
-fi
+# Fuzzing (scripts/fuzz.sh) is not part of this run: it is a second,
+# sanitizer-instrumented release build of the agent with its AWS and Vault
+# clients (about 10 minutes here). Run it before a release.
