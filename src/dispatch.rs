@@ -101,6 +101,32 @@ impl Dispatcher {
     async fn handle_control(&self, req: Request<Incoming>) -> Response<BoxBody> {
         match (req.method(), req.uri().path()) {
             (&http::Method::POST, protocol::CONTROL_RESOLVE_PATH) => self.handle_resolve(req).await,
+            (&http::Method::POST, protocol::CONTROL_ROTATED_PATH) => {
+                let body = http_body_util::Limited::new(req.into_body(), 4096)
+                    .collect()
+                    .await
+                    .ok()
+                    .and_then(|c| {
+                        serde_json::from_slice::<protocol::RotationNotice>(&c.to_bytes()).ok()
+                    });
+                if let Some(notice) = body {
+                    let until = notice
+                        .valid_until
+                        .and_then(|t| u64::try_from(t).ok())
+                        .map(|t| {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+                            )
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    tracing::warn!(token_id = %notice.token_id, valid_until = %until,
+                        "the relay rotated this agent's token: put the new token in token_file before the old one stops working");
+                }
+                let mut r = Response::new(tether_wire::empty_body());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
             (_, protocol::CONTROL_INFO_PATH) => {
                 let body = serde_json::to_vec(&self.info).unwrap_or_default();
                 let mut response = Response::new(full_body(body));

@@ -108,7 +108,14 @@ struct Live {
     drain: CancellationToken,
     done: tokio::task::JoinHandle<String>,
     started: Instant,
+    /// Notified once the relay has asked this session for the agent's info:
+    /// from then on the relay routes requests to it.
+    registered: Arc<tokio::sync::Notify>,
 }
+
+/// How long a replacement session may take to be registered by the relay
+/// before the old one is drained anyway.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Slot {
     /// Runs until `shutdown`: dial, serve, back off, again. When the token
@@ -146,7 +153,16 @@ impl Slot {
                             Ok(()) = self.token_changes.changed() => {
                                 match self.dial().await {
                                     Ok(io) => {
-                                        let old = std::mem::replace(&mut live, self.spawn_session(io));
+                                        let new = self.spawn_session(io);
+                                        // Drain the old session only once the relay routes to
+                                        // the new one, so no request finds none.
+                                        if tokio::time::timeout(REGISTER_TIMEOUT, new.registered.notified())
+                                            .await
+                                            .is_err()
+                                        {
+                                            tracing::warn!(slot, "the relay did not register the new session in time");
+                                        }
+                                        let old = std::mem::replace(&mut live, new);
                                         old.drain.cancel();
                                         self.tracker.spawn(old.done);
                                         tracing::info!(slot, "new token in use; previous session draining");
@@ -186,9 +202,11 @@ impl Slot {
         let dispatcher = self.dispatcher.clone();
         let sessions = self.sessions.clone();
         let token = drain.clone();
+        let registered = Arc::new(tokio::sync::Notify::new());
+        let notify = registered.clone();
         let done = tokio::spawn(async move {
             sessions.0.fetch_add(1, Ordering::Relaxed);
-            let why = serve_session(io, &config, dispatcher, &token).await;
+            let why = serve_session(io, &config, dispatcher, &token, notify).await;
             sessions.0.fetch_sub(1, Ordering::Relaxed);
             why
         });
@@ -196,6 +214,7 @@ impl Slot {
             drain,
             done,
             started: Instant::now(),
+            registered,
         }
     }
 }
@@ -242,10 +261,22 @@ async fn serve_session(
     config: &AgentConfig,
     dispatcher: Arc<Dispatcher>,
     drain: &CancellationToken,
+    registered: Arc<tokio::sync::Notify>,
 ) -> String {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let dispatcher = dispatcher.clone();
-        async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(req).await) }
+        let info_request = req.uri().authority().map(|a| a.as_str())
+            == Some(protocol::CONTROL_AUTHORITY)
+            && req.uri().path() == protocol::CONTROL_INFO_PATH;
+        let registered = registered.clone();
+        async move {
+            let response = dispatcher.handle(req).await;
+            if info_request {
+                // notify_one keeps a permit if nobody waits yet.
+                registered.notify_one();
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

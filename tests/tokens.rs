@@ -82,7 +82,7 @@ async fn rotation_under_load_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     replace_file(&token_file, &format!("{token}\n"));
-    let _agent = agent_with_token_file(&relay, &token_file, &upstream);
+    let agent = agent_with_token_file(&relay, &token_file, &upstream);
     relay.wait_sessions(2).await;
 
     let ok = Arc::new(AtomicU64::new(0));
@@ -139,6 +139,14 @@ async fn rotation_under_load_fails_no_request() {
             .unwrap()
             .starts_with("rotating until")
     );
+    // The relay told the agent on its old sessions.
+    let noticed = agent
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("rotated this agent's token"));
+    assert!(noticed, "no rotation notice in the agent's log");
 }
 
 #[tokio::test]

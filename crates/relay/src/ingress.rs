@@ -130,9 +130,18 @@ impl Call {
     ) -> Response<BoxBody> {
         let mut tried = Vec::new();
         let replay = Replay::of(&request);
-        for _ in 0..MAX_ATTEMPTS {
+        let mut waited = false;
+        while tried.len() < MAX_ATTEMPTS {
             let session = match state.registry.select(account, selector, route, &tried) {
                 Ok(session) => session,
+                // Every session tried was closing (an agent draining to
+                // reconnect or rotate): its replacement is usually a few
+                // milliseconds from registering. Wait for it, once.
+                Err(_) if !tried.is_empty() && !waited => {
+                    waited = true;
+                    wait_for_session(state, account, selector, route, &tried).await;
+                    continue;
+                }
                 Err(_) if !tried.is_empty() => break,
                 Err(SelectError::NoAgent) => {
                     return self.fail(
@@ -371,6 +380,30 @@ impl Replay {
         *request.headers_mut() = self.headers.clone();
         *request.version_mut() = http::Version::HTTP_2;
         request
+    }
+}
+
+/// How long a request whose sessions were all closing waits for another.
+const REPLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (bounded) until a matching session not in `tried` is registered.
+async fn wait_for_session(
+    state: &State,
+    account: &str,
+    selector: &[String],
+    route: Option<&str>,
+    tried: &[u64],
+) {
+    let deadline = tokio::time::Instant::now() + REPLACEMENT_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if state
+            .registry
+            .select(account, selector, route, tried)
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

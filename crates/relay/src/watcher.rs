@@ -62,6 +62,34 @@ pub(crate) async fn run(state: Arc<State>) {
     }
 }
 
+/// Tells the agent on `session` that its secret now ends at `until`, so it
+/// can say so in its log (it picks up a new secret from its token file).
+fn notify_rotation(session: &Arc<crate::registry::AgentSession>, until: Option<i64>) {
+    use tether_wire::protocol::{self, RotationNotice};
+    let notice = RotationNotice {
+        token_id: session.token_id.clone(),
+        valid_until: until,
+    };
+    let Ok(request) = http::Request::post(format!(
+        "http://{}{}",
+        protocol::CONTROL_AUTHORITY,
+        protocol::CONTROL_ROTATED_PATH
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(tether_wire::full_body(
+        serde_json::to_vec(&notice).unwrap_or_default(),
+    )) else {
+        return;
+    };
+    let (mut sender, in_flight) = session.begin_request();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        if sender.ready().await.is_ok() {
+            let _ = sender.send_request(request).await;
+        }
+    });
+}
+
 /// Re-reads token `id` and closes or re-times the sessions it opened.
 async fn recheck_token(state: &State, id: &str) {
     let sessions: Vec<_> = state
@@ -84,7 +112,11 @@ async fn recheck_token(state: &State, id: &str) {
     for session in sessions {
         match &record {
             Some(r) if r.accepts_hash(&session.secret_hash, now) => {
-                session.set_valid_until(r.valid_until(&session.secret_hash));
+                let until = r.valid_until(&session.secret_hash);
+                if until.is_some() && until != session.valid_until() {
+                    notify_rotation(&session, until);
+                }
+                session.set_valid_until(until);
             }
             _ => {
                 tracing::info!(session = session.id, token_id = %id, agent = %session.info.name,

@@ -28,6 +28,18 @@ pub const CONTROL_INFO_PATH: &str = "/v1/info";
 /// Control path sealing exported secrets for a pipeline ([`ResolveRequest`]).
 pub const CONTROL_RESOLVE_PATH: &str = "/v1/secrets/resolve";
 
+/// Control path telling an agent its token was rotated ([`RotationNotice`]).
+pub const CONTROL_ROTATED_PATH: &str = "/v1/token/rotated";
+
+/// Sent to the sessions opened with a token's old secret after a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationNotice {
+    /// The token's id.
+    pub token_id: String,
+    /// When the secret this session uses stops working (unix seconds).
+    pub valid_until: Option<i64>,
+}
+
 /// Caller API path for pipeline secret resolution (same body and answer).
 pub const RESOLVE_PATH: &str = "/v1/secrets/resolve";
 
