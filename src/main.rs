@@ -57,7 +57,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    tether_wire::cli::init_logging(match cli.log_format {
+        LogFormat::Text => tether_wire::cli::LogFormat::Text,
+        LogFormat::Json => tether_wire::cli::LogFormat::Json,
+    });
     match cli.command {
         Command::Check { config, offline } => match AgentConfig::load(&config, &ProcessEnv) {
             Ok(c) => {
@@ -153,44 +156,11 @@ async fn run(config: AgentConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tether_wire::cli::wait_for_signal().await;
         tracing::info!("shutting down: draining sessions");
         signal.cancel();
     });
     agent.run(shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TETHER_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

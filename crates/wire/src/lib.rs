@@ -6,6 +6,7 @@
 //! - [`problem`]: the stable error codes and their `application/problem+json`
 //!   rendering, used by both sides for every error they generate.
 //! - [`headers`]: hop-by-hop and `Tether-*` header removal.
+//! - [`cli`]: logging set-up and signal handling both binaries share.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
 //! - [`serve`]: the HTTP accept loop every listener uses.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
@@ -15,6 +16,7 @@
 //! relay is the client and the agent the server. hyper does the multiplexing,
 //! flow control and cancellation; this crate only adapts the framing.
 
+pub mod cli;
 pub mod config_location;
 pub mod headers;
 pub mod problem;
