@@ -66,6 +66,18 @@ async fn caller_authorization_passes_proxy_auth_and_tether_headers_do_not() {
         "{headers:?}"
     );
     assert!(!v.is_empty() && !body.windows(20).any(|w| w == &s.key.as_bytes()[..20]));
+
+    // Neither the API key nor the agent token reaches any log line, at
+    // debug level, dependencies included.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for log in [&s.relay.log, &s.agent.log] {
+        let lines = log.lock().unwrap();
+        assert!(lines.len() > 10);
+        for line in lines.iter() {
+            assert!(!line.contains(&s.key[21..]), "API key in a log line: {line}");
+            assert!(!line.contains(&s.token[21..]), "agent token in a log line: {line}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -344,6 +344,7 @@ pub struct Stack {
     pub upstream: Upstream,
     pub agent: Agent,
     pub key: String,
+    pub token: String,
 }
 
 impl Stack {
@@ -368,6 +369,7 @@ impl Stack {
             upstream,
             agent,
             key,
+            token,
         }
     }
 
