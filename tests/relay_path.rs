@@ -74,8 +74,14 @@ async fn caller_authorization_passes_proxy_auth_and_tether_headers_do_not() {
         let lines = log.lock().unwrap();
         assert!(lines.len() > 10);
         for line in lines.iter() {
-            assert!(!line.contains(&s.key[21..]), "API key in a log line: {line}");
-            assert!(!line.contains(&s.token[21..]), "agent token in a log line: {line}");
+            assert!(
+                !line.contains(&s.key[21..]),
+                "API key in a log line: {line}"
+            );
+            assert!(
+                !line.contains(&s.token[21..]),
+                "agent token in a log line: {line}"
+            );
         }
     }
 }

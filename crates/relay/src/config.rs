@@ -83,7 +83,8 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (created if missing).
+    /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`
+    /// (for several relays sharing accounts, tokens and revocations).
     #[serde(default = "default_store_url")]
     pub url: String,
 }
@@ -234,8 +235,10 @@ impl RelayConfig {
             path: path.to_owned(),
             message: message.to_owned(),
         };
-        if !self.store.url.starts_with("sqlite:") {
-            return Err(invalid("[store] url: expected sqlite://PATH"));
+        if crate::store::Backend::of(&self.store.url).is_none() {
+            return Err(invalid(
+                "[store] url: expected sqlite://PATH or postgres://…",
+            ));
         }
         if self.agents.ping_interval.is_zero() || self.agents.ping_timeout.is_zero() {
             return Err(invalid(

@@ -1,15 +1,17 @@
 //! The relay's durable state: accounts, agent tokens and caller API keys.
 //!
-//! SQLite by default (the file is created if missing); the schema lives in
-//! `migrations/` and is embedded in the binary. Secrets are never stored,
-//! only SHA-256 hashes of them (see [`crate::credential`]).
+//! SQLite by default (the file is created if missing) or Postgres, through
+//! sqlx's `Any` driver: one set of queries written in the SQL both accept
+//! (`$N` parameters, `ON CONFLICT DO NOTHING`), and a schema per backend in
+//! `migrations/{sqlite,postgres}/`, embedded in the binary. Secrets are
+//! never stored, only SHA-256 hashes of them (see [`crate::credential`]).
 
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sqlx::AnyPool;
 use sqlx::Row;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::credential::{self, Kind, NewCredential, Presented};
 
@@ -17,8 +19,8 @@ use crate::credential::{self, Kind, NewCredential, Presented};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The `[store] url` names a database this build cannot open.
-    #[error("unsupported store url {0:?}: expected sqlite://PATH")]
-    UnsupportedUrl(String),
+    #[error("unsupported store url: expected sqlite://PATH or postgres://…")]
+    UnsupportedUrl,
     /// The database rejected a query or could not be opened.
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
@@ -165,10 +167,33 @@ pub fn rfc3339(t: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Which database a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file: one relay process, or several on one host.
+    Sqlite,
+    /// Postgres: any number of relays.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a `[store] url` names.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 const TOKEN_COLUMNS: &str =
@@ -180,19 +205,33 @@ impl Store {
     /// Opens (creating if missing) the database at `url` and applies the
     /// embedded schema.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        }
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let backend = Backend::of(url).ok_or(StoreError::UnsupportedUrl)?;
+        sqlx::any::install_default_drivers();
+        let url = match backend {
+            // mode=rwc: create the file if missing.
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .connect(&url)
             .await?;
-        migrator().run(&pool).await?;
-        Ok(Self { pool })
+        if backend == Backend::Sqlite {
+            // Readers do not block the writer (the CLI writes while relays read).
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        migrator(backend).run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Creates an agent token for `account` (creating the account).
@@ -207,7 +246,7 @@ impl Store {
         ensure_account(&mut tx, account).await?;
         sqlx::query(
             "INSERT INTO agent_tokens (id, account, name, hash, created, expires) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&new.id)
         .bind(account)
@@ -232,7 +271,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         ensure_account(&mut tx, account).await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, account, name, hash, created) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, account, name, hash, created) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&new.id)
         .bind(account)
@@ -272,7 +311,9 @@ impl Store {
         select: &str,
         account: Option<&str>,
     ) -> Result<Vec<CredentialRecord>, StoreError> {
-        let sql = format!("{select} WHERE (?1 IS NULL OR account = ?1) ORDER BY created, id");
+        let sql = format!(
+            "{select} WHERE (CAST($1 AS TEXT) IS NULL OR account = $1) ORDER BY created, id"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(account)
             .fetch_all(&self.pool)
@@ -294,8 +335,8 @@ impl Store {
         let until = unix_now().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE agent_tokens SET prev_hash = hash, prev_until = ?, hash = ? \
-             WHERE id = ? AND revoked IS NULL",
+            "UPDATE agent_tokens SET prev_hash = hash, prev_until = $1, hash = $2 \
+             WHERE id = $3 AND revoked IS NULL",
         )
         .bind(until)
         .bind(&new.hash[..])
@@ -315,9 +356,9 @@ impl Store {
     pub async fn revoke(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let sql = match kind {
             Kind::AgentToken => {
-                "UPDATE agent_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL"
+                "UPDATE agent_tokens SET revoked = $1 WHERE id = $2 AND revoked IS NULL"
             }
-            Kind::ApiKey => "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
+            Kind::ApiKey => "UPDATE api_keys SET revoked = $1 WHERE id = $2 AND revoked IS NULL",
         };
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(sql)
@@ -345,7 +386,7 @@ impl Store {
     pub async fn events_after(&self, seq: i64) -> Result<Vec<CredentialEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, kind, credential_id, event FROM credential_events \
-             WHERE seq > ? ORDER BY seq LIMIT 1000",
+             WHERE seq > $1 ORDER BY seq LIMIT 1000",
         )
         .bind(seq)
         .fetch_all(&self.pool)
@@ -371,7 +412,7 @@ impl Store {
     /// The agent token with lookup id `id`.
     pub async fn token(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         self.fetch(
-            &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE id = ?"),
+            &format!("SELECT {TOKEN_COLUMNS} FROM agent_tokens WHERE id = $1"),
             id,
         )
         .await
@@ -380,7 +421,7 @@ impl Store {
     /// The API key with lookup id `id`.
     pub async fn key(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
         self.fetch(
-            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"),
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"),
             id,
         )
         .await
@@ -389,8 +430,8 @@ impl Store {
     /// Records a successful use of a credential.
     pub async fn touch(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
         let sql = match kind {
-            Kind::AgentToken => "UPDATE agent_tokens SET last_used = ? WHERE id = ?",
-            Kind::ApiKey => "UPDATE api_keys SET last_used = ? WHERE id = ?",
+            Kind::AgentToken => "UPDATE agent_tokens SET last_used = $1 WHERE id = $2",
+            Kind::ApiKey => "UPDATE api_keys SET last_used = $1 WHERE id = $2",
         };
         sqlx::query(sql)
             .bind(unix_now())
@@ -409,7 +450,7 @@ impl Store {
     }
 }
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error> {
+fn record(row: &AnyRow) -> Result<CredentialRecord, sqlx::Error> {
     Ok(CredentialRecord {
         id: row.try_get("id")?,
         account: row.try_get("account")?,
@@ -425,7 +466,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<CredentialRecord, sqlx::Error
 }
 
 async fn record_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: Kind,
     id: &str,
     event: &str,
@@ -435,7 +476,7 @@ async fn record_event(
         Kind::ApiKey => "key",
     };
     sqlx::query(
-        "INSERT INTO credential_events (kind, credential_id, event, at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO credential_events (kind, credential_id, event, at) VALUES ($1, $2, $3, $4)",
     )
     .bind(kind)
     .bind(id)
@@ -447,17 +488,19 @@ async fn record_event(
 }
 
 async fn ensure_account(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     account: &str,
 ) -> Result<(), StoreError> {
     if !valid_account(account) {
         return Err(StoreError::InvalidAccount(account.to_owned()));
     }
-    sqlx::query("INSERT OR IGNORE INTO accounts (name, created) VALUES (?, ?)")
-        .bind(account)
-        .bind(unix_now())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO accounts (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(account)
+    .bind(unix_now())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -469,7 +512,7 @@ pub fn valid_account(account: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn migrator() -> Migrator {
+fn migrator(backend: Backend) -> Migrator {
     use sqlx::SqlSafeStr;
     let migration = |version, description: &'static str, sql: &'static str| {
         Migration::new(
@@ -480,13 +523,19 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator::with_migrations(vec![
-        migration(1, "initial", include_str!("../migrations/0001_initial.sql")),
-        migration(
-            2,
-            "credential events",
-            include_str!("../migrations/0002_credential_events.sql"),
+    let (initial, events) = match backend {
+        Backend::Sqlite => (
+            include_str!("../migrations/sqlite/0001_initial.sql"),
+            include_str!("../migrations/sqlite/0002_credential_events.sql"),
         ),
+        Backend::Postgres => (
+            include_str!("../migrations/postgres/0001_initial.sql"),
+            include_str!("../migrations/postgres/0002_credential_events.sql"),
+        ),
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "initial", initial),
+        migration(2, "credential events", events),
     ])
 }
 
@@ -638,6 +687,6 @@ mod tests {
             store.create_key("a b", None).await,
             Err(StoreError::InvalidAccount(_))
         ));
-        assert!(Store::open("postgres://x").await.is_err());
+        assert!(Store::open("mysql://x").await.is_err());
     }
 }

@@ -1,0 +1,33 @@
+-- Accounts exist once they hold a token or a key.
+CREATE TABLE IF NOT EXISTS accounts (
+    name    TEXT PRIMARY KEY,
+    created BIGINT NOT NULL
+);
+
+-- Agent tokens. Only SHA-256 hashes of the secret part are stored.
+-- prev_hash / prev_until hold the replaced secret during a rotation's grace.
+CREATE TABLE IF NOT EXISTS agent_tokens (
+    id         TEXT PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES accounts(name),
+    name       TEXT,
+    hash       BYTEA NOT NULL,
+    created    BIGINT NOT NULL,
+    last_used  BIGINT,
+    expires    BIGINT,
+    revoked    BIGINT,
+    prev_hash  BYTEA,
+    prev_until BIGINT
+);
+CREATE INDEX IF NOT EXISTS agent_tokens_account ON agent_tokens(account);
+
+-- Caller API keys, hashed the same way.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id        TEXT PRIMARY KEY,
+    account   TEXT NOT NULL REFERENCES accounts(name),
+    name      TEXT,
+    hash      BYTEA NOT NULL,
+    created   BIGINT NOT NULL,
+    last_used BIGINT,
+    revoked   BIGINT
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account);
