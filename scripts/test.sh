@@ -20,10 +20,13 @@ if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1;
 fi
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 
-# Debian packages: curl (demo smoke test), age (decrypts what pipelines get).
+# Debian packages: curl (demo smoke test), age (decrypts what pipelines
+# get), postgresql (the relay store's Postgres path; tests run their own
+# server with initdb/pg_ctl on a run-time port, as the postgres user).
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v age >/dev/null 2>&1 || missing+=(age)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} (apt)"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -110,14 +110,23 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay; `extra` is appended to its config file.
     pub fn start(extra: &str) -> Self {
+        Self::start_on(extra, None)
+    }
+
+    /// Starts a relay on the store at `store_url` (its own SQLite file if
+    /// `None`).
+    pub fn start_on(extra: &str, store_url: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("relay.toml");
+        let store = store_url.map_or_else(
+            || format!("sqlite://{}", dir.path().join("relay.db").display()),
+            str::to_owned,
+        );
         std::fs::write(
             &config,
             format!(
                 "drain_timeout = \"2s\"\n{extra}\n[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-                 [store]\nurl = \"sqlite://{}\"\n",
-                dir.path().join("relay.db").display()
+                 [store]\nurl = \"{store}\"\n"
             ),
         )
         .unwrap();
@@ -664,4 +673,142 @@ pub fn upgrade_request(
         req = req.header("tether-agent-name", n);
     }
     req.body(tether_wire::empty_body()).unwrap()
+}
+
+/// A PostgreSQL server (Debian's `postgresql` package) in a temp dir, on a
+/// run-time port on 127.0.0.1. initdb refuses root, so as root the server
+/// runs as the `postgres` user.
+pub struct Postgres {
+    pub url: String,
+    data: PathBuf,
+    bin: PathBuf,
+    as_root: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server not installed: scripts/test.sh installs the Debian package")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").is_file())
+            .max()
+            .expect("no /usr/lib/postgresql/*/bin/postgres");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let port = free_port();
+        let run = |program: &str, args: &[&str]| {
+            let mut cmd = if as_root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            cmd
+        };
+        let out = run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.path().display()
+        );
+        let out = run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            data,
+            bin,
+            as_root,
+            _dir: dir,
+        }
+    }
+
+    /// Runs SQL with psql; its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([&self.url, "-X", "-A", "-t", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut cmd = if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = cmd
+            .args([
+                "-D",
+                self.data.to_str().unwrap_or(""),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

@@ -194,7 +194,11 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: String,
 }
+
+/// Postgres channel notified (at commit) of every credential event.
+const EVENTS_CHANNEL: &str = "tether_credential_events";
 
 const TOKEN_COLUMNS: &str =
     "id, account, name, hash, prev_hash, prev_until, created, last_used, expires, revoked";
@@ -226,7 +230,19 @@ impl Store {
                 .await?;
         }
         migrator(backend).run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, url })
+    }
+
+    /// On Postgres, a listener woken at the commit of every credential
+    /// event (LISTEN/NOTIFY), so relays react at once rather than at their
+    /// next poll. `None` on SQLite.
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        Ok(Some(listener))
     }
 
     /// Which database this is.
@@ -484,6 +500,13 @@ async fn record_event(
     .bind(unix_now())
     .execute(&mut **tx)
     .await?;
+    // Delivered when the transaction commits; SQLite relays just poll.
+    if tx.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(EVENTS_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 

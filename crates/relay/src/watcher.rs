@@ -1,7 +1,7 @@
 //! Applies credential changes to live sessions and caches.
 //!
-//! Every 250 ms the relay reads the store's credential events after the
-//! last one it saw. So `tokens revoke` (from any CLI, or from another relay
+//! Every 250 ms — and at once when Postgres notifies (LISTEN/NOTIFY) — the
+//! relay reads the store's credential events after the last one it saw. So `tokens revoke` (from any CLI, or from another relay
 //! process sharing the store) closes the sessions opened with that token
 //! within well under a second, a rotation re-times the sessions opened with
 //! the old secret to the end of its grace, and cached records of changed
@@ -28,10 +28,23 @@ pub(crate) async fn run(state: Arc<State>) {
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listener = match store.listen().await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN for credential events; polling only");
+            None
+        }
+    };
     let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            notified = async { listener.as_mut()?.recv().await.err() }, if listener.is_some() => {
+                if let Some(e) = notified {
+                    tracing::warn!(error = %e, "credential event listener failed; polling only");
+                    listener = None;
+                }
+            }
             () = state.shutdown.cancelled() => return,
         }
         match store.events_after(seen).await {
