@@ -76,6 +76,8 @@ struct RawRelay {
     token_file: Option<Spanned<PathBuf>>,
     ca_file: Option<Spanned<PathBuf>>,
     connections: Option<Spanned<u32>>,
+    #[serde(default)]
+    accept_rotation: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +147,9 @@ pub struct RelaySettings {
     pub ca_file: Option<PathBuf>,
     /// Parallel WebSocket sessions.
     pub connections: u32,
+    /// Write a token pushed by the relay (rotation through its admin API)
+    /// to `token_file`. Off by default.
+    pub accept_rotation: bool,
 }
 
 /// Where the agent token comes from.
@@ -387,6 +392,7 @@ impl AgentConfig {
                 token,
                 ca_file: relay.ca_file.map(Spanned::into_inner),
                 connections,
+                accept_rotation: relay.accept_rotation,
             },
             identity: Identity {
                 name: agent.name.into_inner(),

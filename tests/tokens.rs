@@ -262,3 +262,73 @@ async fn failed_authentications_are_rate_limited_but_valid_credentials_are_not()
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem_code(&headers, &body), "no_agent");
 }
+
+#[tokio::test]
+async fn accept_rotation_writes_the_pushed_token_and_the_agent_moves_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, "adm-key").unwrap();
+    let relay = Relay::start(&format!("[admin]\nkey_file = \"{}\"\n", key_file.display()));
+    let upstream = Upstream::start().await;
+    let token = relay.token("acme");
+    let key = relay.key("acme");
+    let token_file = dir.path().join("token");
+    replace_file(&token_file, &format!("{token}\n"));
+    let agent = Agent::spawn(
+        &format!(
+            "[relay]\nurl = \"{}\"\ntoken_file = \"{}\"\naccept_rotation = true\n\n[agent]\nname = \"a\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            relay.agent_url(),
+            token_file.display(),
+            upstream.route("sample", "[\"GET\"]", "[\"/**\"]"),
+        ),
+        &[],
+    );
+    relay.wait_sessions(2).await;
+
+    let (status, rotated) = json_call(
+        http::Method::POST,
+        &format!(
+            "http://{}/v1/admin/tokens/{}/rotate",
+            relay.admin,
+            token_id(&token)
+        ),
+        &[("authorization", "Bearer adm-key")],
+        Some(serde_json::json!({ "grace": "3s" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_token = rotated["token"].as_str().unwrap().to_owned();
+
+    let started = Instant::now();
+    while std::fs::read_to_string(&token_file).unwrap().trim() != new_token {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "token file not updated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+    // Past the grace, sessions on the old secret are closed; the agent's
+    // new ones keep serving.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    relay.wait_sessions(2).await;
+    let auth = format!("Bearer {key}");
+    let (status, _, _) = get(
+        &relay.url("/v1/routes/sample/echo"),
+        &[("proxy-authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for log in [&relay.log, &agent.log] {
+        for line in log.lock().unwrap().iter() {
+            assert!(
+                !line.contains(&new_token[21..]),
+                "pushed token in a log line: {line}"
+            );
+        }
+    }
+}

@@ -131,6 +131,7 @@ pub(crate) async fn handle(
             match store.rotate_token(&id, grace).await {
                 Ok(Some(t)) => {
                     tracing::info!(id = %t.id, "agent token rotated (admin API)");
+                    push_rotation(&state, &t.id, &t.secret, grace);
                     Ok(json(
                         StatusCode::OK,
                         &serde_json::json!({ "id": t.id, "token": t.secret }),
@@ -170,6 +171,19 @@ pub(crate) async fn handle(
             problem(ErrorCode::Internal, "store unavailable")
         }
     })
+}
+
+/// Hands the new token to this relay's sessions opened with the old one
+/// (agents store it only with `accept_rotation = true`), and re-times them
+/// to the end of the grace.
+fn push_rotation(state: &State, id: &str, token: &str, grace: Duration) {
+    let until = unix_now().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+    for session in state.registry.sessions() {
+        if session.token_id == id {
+            session.set_valid_until(Some(until));
+            crate::watcher::notify_rotation(&session, Some(until), Some(token.to_owned()));
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -76,12 +76,18 @@ pub(crate) async fn run(state: Arc<State>) {
 }
 
 /// Tells the agent on `session` that its secret now ends at `until`, so it
-/// can say so in its log (it picks up a new secret from its token file).
-fn notify_rotation(session: &Arc<crate::registry::AgentSession>, until: Option<i64>) {
+/// can say so in its log (it picks up a new secret from its token file),
+/// and, when known, hands it the new token (stored only if it opted in).
+pub(crate) fn notify_rotation(
+    session: &Arc<crate::registry::AgentSession>,
+    until: Option<i64>,
+    token: Option<String>,
+) {
     use tether_wire::protocol::{self, RotationNotice};
     let notice = RotationNotice {
         token_id: session.token_id.clone(),
         valid_until: until,
+        token,
     };
     let Ok(request) = http::Request::post(format!(
         "http://{}{}",
@@ -127,7 +133,7 @@ async fn recheck_token(state: &State, id: &str) {
             Some(r) if r.accepts_hash(&session.secret_hash, now) => {
                 let until = r.valid_until(&session.secret_hash);
                 if until.is_some() && until != session.valid_until() {
-                    notify_rotation(&session, until);
+                    notify_rotation(&session, until, None);
                 }
                 session.set_valid_until(until);
             }

@@ -32,12 +32,27 @@ pub const CONTROL_RESOLVE_PATH: &str = "/v1/secrets/resolve";
 pub const CONTROL_ROTATED_PATH: &str = "/v1/token/rotated";
 
 /// Sent to the sessions opened with a token's old secret after a rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationNotice {
     /// The token's id.
     pub token_id: String,
     /// When the secret this session uses stops working (unix seconds).
     pub valid_until: Option<i64>,
+    /// The new token, only when the rotation went through this relay's
+    /// admin API (the only time the relay sees it). Agents store it only
+    /// with `accept_rotation = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for RotationNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotationNotice")
+            .field("token_id", &self.token_id)
+            .field("valid_until", &self.valid_until)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Caller API path for pipeline secret resolution (same body and answer).
