@@ -47,6 +47,9 @@ cargo build --workspace --all-targets --quiet
 echo "==> cargo nextest run --workspace"
 cargo nextest run --workspace --no-fail-fast
 
+echo "==> packaging checks (hadolint, systemd-analyze)"
+scripts/check-packaging.sh
+
 echo "==> demo smoke test"
 scripts/demo.sh --once
 

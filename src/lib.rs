@@ -159,6 +159,15 @@ impl Agent {
                 tracker.clone(),
             ));
         }
+        let sessions = self.sessions.clone();
+        tracker.spawn(tether_wire::notify::run(
+            tether_wire::notify::Notifier::from_env(),
+            move || {
+                let up = sessions.up();
+                (up > 0).then(|| format!("{up} relay session(s) up"))
+            },
+            shutdown.clone(),
+        ));
         tracker.spawn(reopen_audit_on_sighup(
             self.dispatcher.audit_log().clone(),
             shutdown.clone(),

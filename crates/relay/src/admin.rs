@@ -177,7 +177,7 @@ pub(crate) async fn handle(
 /// (agents store it only with `accept_rotation = true`), and re-times them
 /// to the end of the grace.
 fn push_rotation(state: &State, id: &str, token: &str, grace: Duration) {
-    let until = unix_now().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+    let until = crate::store::unix_ceil(SystemTime::now() + grace);
     for session in state.registry.sessions() {
         if session.token_id == id {
             session.set_valid_until(Some(until));

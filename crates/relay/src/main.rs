@@ -321,6 +321,12 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    let public = relay.public_addr();
+    tokio::spawn(tether_wire::notify::run(
+        tether_wire::notify::Notifier::from_env(),
+        move || Some(format!("listening on {public}")),
+        shutdown.clone(),
+    ));
     tokio::spawn(async move {
         tether_wire::cli::wait_for_signal().await;
         tracing::info!("shutting down: draining");

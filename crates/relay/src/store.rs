@@ -269,7 +269,7 @@ impl Store {
         .bind(name)
         .bind(&new.hash[..])
         .bind(unix_now())
-        .bind(expires.map(unix))
+        .bind(expires.map(unix_ceil))
         .execute(&mut *tx)
         .await?;
         record_event(&mut tx, Kind::AgentToken, &new.id, "created").await?;
@@ -348,7 +348,7 @@ impl Store {
         grace: std::time::Duration,
     ) -> Result<Option<NewCredential>, StoreError> {
         let new = credential::regenerate(Kind::AgentToken, id);
-        let until = unix_now().saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
+        let until = unix_ceil(SystemTime::now() + grace);
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE agent_tokens SET prev_hash = hash, prev_until = $1, hash = $2 \
@@ -567,6 +567,18 @@ pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Seconds since the epoch of `t`, rounded up: an expiry or a grace end
+/// stored in whole seconds then never comes before the time asked for.
+pub fn unix_ceil(t: SystemTime) -> i64 {
+    let secs = unix(t);
+    let fraction = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    if fraction > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs
+    }
 }
 
 /// Seconds since the epoch, now.

@@ -7,6 +7,7 @@
 //!   rendering, used by both sides for every error they generate.
 //! - [`headers`]: hop-by-hop and `Tether-*` header removal.
 //! - [`cli`]: logging set-up and signal handling both binaries share.
+//! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
 //! - [`serve`]: the HTTP accept loop every listener uses.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod config_location;
 pub mod headers;
+pub mod notify;
 pub mod problem;
 pub mod protocol;
 pub mod serve;
