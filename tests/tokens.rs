@@ -164,7 +164,8 @@ async fn old_secret_works_inside_the_grace_only_and_expired_tokens_are_refused()
         .await;
         assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     }
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // Grace ends are rounded up to the next whole second: wait grace + 1 s.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (status, _, _) = send(upgrade_request(
         &relay,
         Some(&old),
@@ -202,7 +203,7 @@ async fn old_secret_works_inside_the_grace_only_and_expired_tokens_are_refused()
     ))
     .await;
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, _, _) = send(upgrade_request(
         &relay,
         Some(&short),
