@@ -552,6 +552,10 @@ fn parse_relay_url(url: &str) -> Result<Uri, String> {
     if uri.host().is_none() {
         return Err("has no host".into());
     }
+    // The URL is logged at every connect: it must never carry credentials.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("credentials in the URL are not allowed; use token_file".into());
+    }
     Ok(uri)
 }
 
@@ -643,6 +647,10 @@ headers = { X-Team = "platform" }
             e.starts_with("a.toml:12:") && e.contains("routes.jenkins.url"),
             "{e}"
         );
+
+        let userinfo = MINIMAL.replace("wss://relay", "wss://user:pw@relay");
+        let e = error_of(&userinfo);
+        assert!(e.starts_with("a.toml:3:") && !e.contains("pw@"), "{e}");
 
         let bad_relay = MINIMAL.replace("wss://relay", "https://relay");
         assert!(error_of(&bad_relay).starts_with("a.toml:3:"));

@@ -304,6 +304,9 @@ pub(crate) fn validate_vault(raw: RawVault) -> Result<VaultSettings, String> {
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
         return Err("vault.address: expected https://host[:port]".into());
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("vault.address: credentials in the URL are not allowed".into());
+    }
     let auth = match raw.auth {
         RawVaultAuth::Token { token_file } => VaultAuth::Token { token_file },
         RawVaultAuth::Approle {
