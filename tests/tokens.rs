@@ -32,6 +32,17 @@ fn agent_with_token_file(
     )
 }
 
+/// An agent handshake with `token`, as a real agent sends it.
+async fn handshake(relay: &Relay, token: &str) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    send(upgrade_request(
+        relay,
+        Some(token),
+        Some("tether.v1"),
+        Some("a"),
+    ))
+    .await
+}
+
 /// Replaces a file atomically, as a secret manager or kubelet would.
 fn replace_file(path: &std::path::Path, content: &str) {
     let tmp = path.with_extension("new");
@@ -155,36 +166,18 @@ async fn old_secret_works_inside_the_grace_only_and_expired_tokens_are_refused()
     let old = relay.token("acme");
     let new = relay.cli(&["tokens", "rotate", token_id(&old), "--grace", "2s"]);
     for token in [&old, &new] {
-        let (status, _, _) = send(upgrade_request(
-            &relay,
-            Some(token),
-            Some("tether.v1"),
-            Some("a"),
-        ))
-        .await;
+        let (status, _, _) = handshake(&relay, token).await;
         assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     }
     // Grace ends are rounded up to the next whole second: wait grace + 1 s.
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    let (status, _, _) = send(upgrade_request(
-        &relay,
-        Some(&old),
-        Some("tether.v1"),
-        Some("a"),
-    ))
-    .await;
+    let (status, _, _) = handshake(&relay, &old).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "old secret after the grace"
     );
-    let (status, _, _) = send(upgrade_request(
-        &relay,
-        Some(&new),
-        Some("tether.v1"),
-        Some("a"),
-    ))
-    .await;
+    let (status, _, _) = handshake(&relay, &new).await;
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
 
     let short = relay.cli(&[
@@ -195,22 +188,10 @@ async fn old_secret_works_inside_the_grace_only_and_expired_tokens_are_refused()
         "--expires-in",
         "1s",
     ]);
-    let (status, _, _) = send(upgrade_request(
-        &relay,
-        Some(&short),
-        Some("tether.v1"),
-        Some("a"),
-    ))
-    .await;
+    let (status, _, _) = handshake(&relay, &short).await;
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, _, _) = send(upgrade_request(
-        &relay,
-        Some(&short),
-        Some("tether.v1"),
-        Some("a"),
-    ))
-    .await;
+    let (status, _, _) = handshake(&relay, &short).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "expired");
 }
 
@@ -223,13 +204,7 @@ async fn failed_authentications_are_rate_limited_but_valid_credentials_are_not()
     let mut limited = 0;
     for i in 0..200u32 {
         let bad = format!("tta_{:016x}_{}", i, "0".repeat(64));
-        let (status, headers, body) = send(upgrade_request(
-            &relay,
-            Some(&bad),
-            Some("tether.v1"),
-            Some("a"),
-        ))
-        .await;
+        let (status, headers, body) = handshake(&relay, &bad).await;
         match status {
             StatusCode::UNAUTHORIZED => unauthorized += 1,
             StatusCode::TOO_MANY_REQUESTS => {
@@ -246,13 +221,7 @@ async fn failed_authentications_are_rate_limited_but_valid_credentials_are_not()
     );
     assert_eq!(relay.metric("tether_relay_auth_failures_total").await, 200);
     // Same address, valid credentials: never limited.
-    let (status, _, _) = send(upgrade_request(
-        &relay,
-        Some(&good),
-        Some("tether.v1"),
-        Some("a"),
-    ))
-    .await;
+    let (status, _, _) = handshake(&relay, &good).await;
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     let auth = format!("Bearer {key}");
     let (status, headers, body) = get(
