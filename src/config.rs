@@ -78,6 +78,9 @@ struct RawRelay {
     connections: Option<Spanned<u32>>,
     #[serde(default)]
     accept_rotation: bool,
+    ping_interval: Option<Spanned<String>>,
+    ping_timeout: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +153,13 @@ pub struct RelaySettings {
     /// Write a token pushed by the relay (rotation through its admin API)
     /// to `token_file`. Off by default.
     pub accept_rotation: bool,
+    /// HTTP/2 PING interval on each session (default 10 s).
+    pub ping_interval: Duration,
+    /// A session whose PING goes unanswered this long is dropped and
+    /// redialled (default 20 s).
+    pub ping_timeout: Duration,
+    /// Ceiling of the reconnect delay (default 30 s).
+    pub backoff_max: Duration,
 }
 
 /// Where the agent token comes from.
@@ -310,6 +320,23 @@ impl AgentConfig {
             None => 2,
         };
 
+        let duration = |field: &Option<Spanned<String>>, key: &str, default: Duration| {
+            let Some(text) = field else {
+                return Ok(default);
+            };
+            match humantime::parse_duration(text.get_ref()) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(at(text.span(), format!("relay.{key} must be above zero"))),
+                Err(e) => Err(at(
+                    text.span(),
+                    format!("relay.{key}: {e} (write e.g. \"10s\")"),
+                )),
+            }
+        };
+        let ping_interval = duration(&relay.ping_interval, "ping_interval", PING_INTERVAL)?;
+        let ping_timeout = duration(&relay.ping_timeout, "ping_timeout", PING_TIMEOUT)?;
+        let backoff_max = duration(&relay.backoff_max, "backoff_max", BACKOFF_MAX)?;
+
         let agent = raw.agent.into_inner();
         if !valid_route_name(agent.name.get_ref()) {
             return Err(at(
@@ -393,6 +420,9 @@ impl AgentConfig {
                 ca_file: relay.ca_file.map(Spanned::into_inner),
                 connections,
                 accept_rotation: relay.accept_rotation,
+                ping_interval,
+                ping_timeout,
+                backoff_max,
             },
             identity: Identity {
                 name: agent.name.into_inner(),
@@ -409,6 +439,12 @@ impl AgentConfig {
         })
     }
 }
+
+/// Defaults of `[relay]`: a dead or frozen relay is noticed within
+/// interval + timeout (30 s); reconnect delays stop growing at 30 s.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 type RouteError = (Option<std::ops::Range<usize>>, String);
 

@@ -25,20 +25,19 @@ use crate::config::{AgentConfig, TokenSource};
 use crate::dispatch::Dispatcher;
 use crate::secret::SecretString;
 
-/// A session that lasted this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// First reconnect ceiling and the cap.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff, so the first
+/// attempt after it ends comes within `BACKOFF_BASE`.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// First reconnect ceiling. Small, so an agent is back within a second of
+/// a relay restart; full jitter and doubling spread a crowd over the
+/// outage's length (the cap is `[relay] backoff_max`).
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// TCP connect + TLS + upgrade must finish within this.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest WebSocket message accepted from the relay.
 const MAX_WS_MESSAGE: usize = 1024 * 1024;
 /// How often the token file is read for changes.
 const TOKEN_POLL: Duration = Duration::from_secs(1);
-/// HTTP/2 keepalive towards the relay.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Byte stream under the WebSocket: TCP or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -123,7 +122,7 @@ impl Slot {
     /// old one is drained (GOAWAY, requests in flight finish), so a
     /// rotation fails no request.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let mut backoff = Backoff::new(BACKOFF_BASE, self.config.relay.backoff_max);
         let slot = self.number;
         'reconnect: while !shutdown.is_cancelled() {
             let dialled = tokio::select! {
@@ -280,8 +279,8 @@ async fn serve_session(
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_interval(config.relay.ping_interval)
+        .keep_alive_timeout(config.relay.ping_timeout)
         .adaptive_window(true)
         .max_concurrent_streams(1024)
         .serve_connection(TokioIo::new(io), service);

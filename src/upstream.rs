@@ -105,5 +105,11 @@ fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        // A pooled connection found dead before a single byte of the
+        // request was written is replaced and the request sent on a fresh
+        // one: safe for every method, since the upstream saw nothing. A
+        // request that was (partly) written is never re-sent here; the
+        // caller gets the error (502 upstream_unreachable).
+        .retry_canceled_requests(true)
         .build(connector))
 }

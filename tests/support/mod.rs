@@ -228,6 +228,50 @@ impl Relay {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGKILLs the relay and starts it again on the same ports and store;
+    /// returns when it listens again.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text
+            .replace(
+                "public = \"127.0.0.1:0\"",
+                &format!("public = \"{}\"", self.public),
+            )
+            .replace(
+                "admin = \"127.0.0.1:0\"",
+                &format!("admin = \"{}\"", self.admin),
+            );
+        std::fs::write(&self.config, text).unwrap();
+        let mut cmd = Command::new(bin("tether-relay"));
+        cmd.arg("--config").arg(&self.config).arg("serve");
+        let (child, _, log) = spawn_until(cmd, "listening", "relay");
+        self.child = child;
+        self.log = log;
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to the relay.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits for the relay to exit; its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`, …) to process `pid` with
+/// kill(1): the tests need no unsafe code for it.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 impl Drop for Relay {
@@ -301,6 +345,26 @@ impl Agent {
     /// Process id, for reading /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `STOP`) to the agent.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits (bounded) for the agent to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -387,6 +451,8 @@ impl Stack {
         ("proxy-authorization", format!("Bearer {}", self.key))
     }
 }
+
+pub mod fault;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;
 

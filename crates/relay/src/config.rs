@@ -116,6 +116,12 @@ pub struct LimitsConfig {
     /// Largest request head (431 above it).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Requests per second one API key may make (429 `rate_limited` above
+    /// it). No limit unless set.
+    pub caller_rate: Option<u32>,
+    /// Requests a key may make at once above `caller_rate` (default: one
+    /// second's worth).
+    pub caller_burst: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -123,6 +129,8 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: None,
             max_header_bytes: default_max_header_bytes(),
+            caller_rate: None,
+            caller_burst: None,
         }
     }
 }
@@ -137,6 +145,10 @@ pub struct AgentsConfig {
     /// A session whose PING goes unanswered this long is dropped.
     #[serde(default = "default_ping_timeout", with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// Requests in flight one session may carry; a request finding every
+    /// matching session at this limit gets 429 `rate_limited`.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 impl Default for AgentsConfig {
@@ -144,6 +156,7 @@ impl Default for AgentsConfig {
         Self {
             ping_interval: default_ping_interval(),
             ping_timeout: default_ping_timeout(),
+            max_streams: default_max_streams(),
         }
     }
 }
@@ -168,6 +181,9 @@ fn default_ping_interval() -> Duration {
 }
 fn default_ping_timeout() -> Duration {
     Duration::from_secs(20)
+}
+fn default_max_streams() -> usize {
+    512
 }
 
 /// A configuration file that cannot be used, with where and why.
@@ -244,6 +260,17 @@ impl RelayConfig {
             return Err(invalid(
                 "[agents] ping_interval and ping_timeout must be above zero",
             ));
+        }
+        if self.agents.max_streams == 0 {
+            return Err(invalid("[agents] max_streams must be above zero"));
+        }
+        if self.limits.caller_rate == Some(0) || self.limits.caller_burst == Some(0) {
+            return Err(invalid(
+                "[limits] caller_rate and caller_burst must be above zero (leave caller_rate unset for no limit)",
+            ));
+        }
+        if self.limits.caller_burst.is_some() && self.limits.caller_rate.is_none() {
+            return Err(invalid("[limits] caller_burst needs caller_rate"));
         }
         if self.limits.max_header_bytes < 8 * 1024 {
             return Err(invalid("[limits] max_header_bytes must be at least 8192"));

@@ -89,6 +89,17 @@ impl Call {
             ));
         };
         match state.auth.verify(Kind::ApiKey, key).await {
+            Ok(caller)
+                if state
+                    .callers
+                    .as_ref()
+                    .is_some_and(|c| !c.admit(&caller.credential_id)) =>
+            {
+                Err(self.problem(
+                    ErrorCode::RateLimited,
+                    "this API key is over its request rate ([limits] caller_rate)",
+                ))
+            }
             Ok(caller) => Ok(caller),
             Err(AuthError::Malformed | AuthError::Invalid) => {
                 tracing::info!(%remote, "caller refused: invalid API key");
@@ -132,7 +143,11 @@ impl Call {
         let replay = Replay::of(&request);
         let mut waited = false;
         while tried.len() < MAX_ATTEMPTS {
-            let session = match state.registry.select(account, selector, route, &tried) {
+            let max_streams = state.config.agents.max_streams;
+            let session = match state
+                .registry
+                .select(account, selector, route, &tried, max_streams)
+            {
                 Ok(session) => session,
                 // Every session tried was closing (an agent draining to
                 // reconnect or rotate): its replacement is usually a few
@@ -147,6 +162,14 @@ impl Call {
                     return self.fail(
                         ErrorCode::NoAgent,
                         "no agent connected for this account and selector",
+                    );
+                }
+                Err(SelectError::Busy) => {
+                    return self.fail(
+                        ErrorCode::RateLimited,
+                        &format!(
+                            "every matching agent session has {max_streams} requests in flight ([agents] max_streams)"
+                        ),
                     );
                 }
                 Err(SelectError::NoSuchRoute) => {
@@ -398,7 +421,7 @@ async fn wait_for_session(
     while tokio::time::Instant::now() < deadline {
         if state
             .registry
-            .select(account, selector, route, tried)
+            .select(account, selector, route, tried, usize::MAX)
             .is_ok()
         {
             return;

@@ -78,6 +78,8 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) limiter: limiter::FailureLimiter,
+    /// `[limits] caller_rate`, when set.
+    pub(crate) callers: Option<limiter::CallerLimiter>,
     /// The admin API key (hashed); the API is off without one.
     pub(crate) admin_key: Option<admin::AdminKey>,
     draining: AtomicBool,
@@ -122,6 +124,10 @@ impl Relay {
             shutdown,
             tracker: TaskTracker::new(),
             limiter: limiter::FailureLimiter::default(),
+            callers: limiter::CallerLimiter::new(
+                config.limits.caller_rate,
+                config.limits.caller_burst,
+            ),
             admin_key,
             draining: AtomicBool::new(false),
             config,

@@ -1,4 +1,5 @@
-//! Failed authentications, limited per source address.
+//! Failed authentications, limited per source address; and, when
+//! configured, callers' requests per API key.
 //!
 //! A credential is always checked first: a valid one is never refused by
 //! this limiter, because many agents may share one NAT address with
@@ -55,6 +56,43 @@ impl FailureLimiter {
     }
 }
 
+/// `[limits] caller_rate`: requests per second per API key (by its id),
+/// with a burst.
+pub struct CallerLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    limited: AtomicU64,
+}
+
+impl CallerLimiter {
+    /// A limiter allowing `rate` requests per second per key, `burst` at
+    /// once; `None` when no rate is configured.
+    pub fn new(rate: Option<u32>, burst: Option<u32>) -> Option<Self> {
+        let rate = NonZeroU32::new(rate?)?;
+        let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
+        Some(Self {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limited: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether key `id` may make one more request now.
+    pub fn admit(&self, id: &str) -> bool {
+        if self.limiter.len() > 100_000 {
+            self.limiter.retain_recent();
+        }
+        let ok = self.limiter.check_key(&id.to_owned()).is_ok();
+        if !ok {
+            self.limited.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Requests refused so far.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +106,15 @@ mod tests {
         assert!((9..=10).contains(&limited), "{limited} of 30 limited");
         assert!(!limiter.failed(b), "another address has its own budget");
         assert_eq!(limiter.counts().0, 31);
+    }
+
+    #[test]
+    fn callers_are_limited_per_key_after_their_burst() {
+        assert!(CallerLimiter::new(None, Some(5)).is_none());
+        let limiter = CallerLimiter::new(Some(2), Some(5)).unwrap();
+        let admitted = (0..20).filter(|_| limiter.admit("k1")).count();
+        assert!((5..=6).contains(&admitted), "{admitted} of 20 admitted");
+        assert!(limiter.admit("k2"), "another key has its own budget");
+        assert_eq!(limiter.limited(), 20 - admitted as u64);
     }
 }

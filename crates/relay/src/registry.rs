@@ -34,6 +34,9 @@ pub struct AgentSession {
     sender: SendRequest<BoxBody>,
     /// Requests sent and not yet finished (response body done or dropped).
     in_flight: AtomicUsize,
+    /// The same, summed over every session of this agent instance: shared
+    /// by its sessions, so the least loaded *agent* is chosen.
+    agent_load: Arc<AtomicUsize>,
     /// Cancelled to close the session.
     pub closed: CancellationToken,
 }
@@ -45,6 +48,7 @@ impl AgentSession {
         info: AgentInfo,
         remote: SocketAddr,
         sender: SendRequest<BoxBody>,
+        agent_load: Arc<AtomicUsize>,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
@@ -57,6 +61,7 @@ impl AgentSession {
             remote,
             sender,
             in_flight: AtomicUsize::new(0),
+            agent_load,
             closed: CancellationToken::new(),
         }
     }
@@ -65,6 +70,7 @@ impl AgentSession {
     /// the returned guard is dropped.
     pub fn begin_request(self: &Arc<Self>) -> (SendRequest<BoxBody>, InFlight) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.agent_load.fetch_add(1, Ordering::Relaxed);
         (self.sender.clone(), InFlight(self.clone()))
     }
 
@@ -92,6 +98,7 @@ pub struct InFlight(Arc<AgentSession>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.agent_load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -102,6 +109,9 @@ pub enum SelectError {
     NoAgent,
     /// Agents match, but none serves the route.
     NoSuchRoute,
+    /// Agents match and serve the route, but every one of their sessions
+    /// has its limit of requests in flight.
+    Busy,
 }
 
 /// What selection needs to know of a candidate (a trait so the rule is
@@ -109,26 +119,30 @@ pub enum SelectError {
 pub trait Candidate {
     /// The agent's info.
     fn info(&self) -> &AgentInfo;
-    /// Requests in flight.
-    fn load(&self) -> usize;
+    /// Requests in flight on the whole agent (all its sessions), then on
+    /// this session: compared in that order.
+    fn load(&self) -> (usize, usize);
 }
 
 impl Candidate for Arc<AgentSession> {
     fn info(&self) -> &AgentInfo {
         &self.info
     }
-    fn load(&self) -> usize {
-        self.in_flight()
+    fn load(&self) -> (usize, usize) {
+        (self.agent_load.load(Ordering::Relaxed), self.in_flight())
     }
 }
 
 /// Picks among `candidates` those having every tag of `selector` (the agent
-/// name counts as a tag) and, if `route` is given, serving it; then the one
-/// with the fewest requests in flight, ties broken at random.
+/// name counts as a tag) and, if `route` is given, serving it, and having
+/// fewer than `max_streams` requests in flight on the session; then the one
+/// whose agent has the fewest requests in flight (then the session), ties
+/// broken at random.
 pub fn choose<'a, C: Candidate>(
     candidates: &'a [C],
     selector: &[String],
     route: Option<&str>,
+    max_streams: usize,
     rng: &mut impl Rng,
 ) -> Result<&'a C, SelectError> {
     let mut matching = candidates.iter().filter(|c| {
@@ -138,11 +152,16 @@ pub fn choose<'a, C: Candidate>(
             .all(|tag| info.name == *tag || info.tags.iter().any(|t| t == tag))
     });
     let mut any_matching = false;
+    let mut any_serving = false;
     let mut best: Option<&C> = None;
     let mut ties = 0u32;
     for c in matching.by_ref() {
         any_matching = true;
         if route.is_some_and(|r| !c.info().routes.iter().any(|x| x == r)) {
+            continue;
+        }
+        any_serving = true;
+        if c.load().1 >= max_streams {
             continue;
         }
         match best {
@@ -162,6 +181,7 @@ pub fn choose<'a, C: Candidate>(
     }
     match best {
         Some(c) => Ok(c),
+        None if any_serving => Err(SelectError::Busy),
         None if any_matching => Err(SelectError::NoSuchRoute),
         None => Err(SelectError::NoAgent),
     }
@@ -206,18 +226,32 @@ impl Registry {
         selector: &[String],
         route: Option<&str>,
         exclude: &[u64],
+        max_streams: usize,
     ) -> Result<Arc<AgentSession>, SelectError> {
         let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
         let list = map.get(account).ok_or(SelectError::NoAgent)?;
         if exclude.is_empty() {
-            return choose(list, selector, route, &mut rand::rng()).cloned();
+            return choose(list, selector, route, max_streams, &mut rand::rng()).cloned();
         }
         let left: Vec<_> = list
             .iter()
             .filter(|s| !exclude.contains(&s.id))
             .cloned()
             .collect();
-        choose(&left, selector, route, &mut rand::rng()).cloned()
+        choose(&left, selector, route, max_streams, &mut rand::rng()).cloned()
+    }
+
+    /// The in-flight counter shared by the sessions of one agent instance:
+    /// an existing session's, or a new one.
+    pub fn agent_load(&self, account: &str, info: &AgentInfo) -> Arc<AtomicUsize> {
+        let map = self.by_account.read().unwrap_or_else(|p| p.into_inner());
+        map.get(account)
+            .and_then(|list| {
+                list.iter()
+                    .find(|s| s.info.name == info.name && s.info.instance == info.instance)
+            })
+            .map(|s| s.agent_load.clone())
+            .unwrap_or_default()
     }
 
     /// Every connected session.
@@ -249,8 +283,8 @@ mod tests {
         fn info(&self) -> &AgentInfo {
             &self.0
         }
-        fn load(&self) -> usize {
-            self.1
+        fn load(&self) -> (usize, usize) {
+            (self.1, self.1)
         }
     }
 
@@ -278,12 +312,12 @@ mod tests {
             agent("b", &["eu", "prod"], &["r"], 5),
         ];
         let mut rng = StdRng::seed_from_u64(1);
-        let c = choose(&agents, &tags(&["eu", "prod"]), Some("r"), &mut rng).unwrap();
+        let c = choose(&agents, &tags(&["eu", "prod"]), Some("r"), 100, &mut rng).unwrap();
         assert_eq!(c.0.name, "b");
-        let c = choose(&agents, &tags(&["a"]), None, &mut rng).unwrap();
+        let c = choose(&agents, &tags(&["a"]), None, 100, &mut rng).unwrap();
         assert_eq!(c.0.name, "a");
         assert_eq!(
-            choose(&agents, &tags(&["us"]), Some("r"), &mut rng).err(),
+            choose(&agents, &tags(&["us"]), Some("r"), 100, &mut rng).err(),
             Some(SelectError::NoAgent)
         );
     }
@@ -293,12 +327,12 @@ mod tests {
         let agents = [agent("a", &[], &["jenkins"], 0)];
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(
-            choose(&agents, &[], Some("k8s"), &mut rng).err(),
+            choose(&agents, &[], Some("k8s"), 100, &mut rng).err(),
             Some(SelectError::NoSuchRoute)
         );
         let none: [Fake; 0] = [];
         assert_eq!(
-            choose(&none, &[], Some("k8s"), &mut rng).err(),
+            choose(&none, &[], Some("k8s"), 100, &mut rng).err(),
             Some(SelectError::NoAgent)
         );
     }
@@ -313,11 +347,23 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let mut counts = HashMap::new();
         for _ in 0..1000 {
-            let c = choose(&agents, &[], Some("r"), &mut rng).unwrap();
+            let c = choose(&agents, &[], Some("r"), 100, &mut rng).unwrap();
             *counts.entry(c.0.name.clone()).or_insert(0) += 1;
         }
         assert_eq!(counts.get("busy"), None);
         let x = counts["x"];
         assert!((350..=650).contains(&x), "x chosen {x} times of 1000");
+    }
+
+    #[test]
+    fn sessions_at_their_stream_limit_are_skipped_then_busy() {
+        let agents = [agent("full", &[], &["r"], 4), agent("free", &[], &["r"], 3)];
+        let mut rng = StdRng::seed_from_u64(2);
+        let c = choose(&agents, &[], Some("r"), 4, &mut rng).unwrap();
+        assert_eq!(c.0.name, "free");
+        assert_eq!(
+            choose(&agents, &[], Some("r"), 3, &mut rng).err(),
+            Some(SelectError::Busy)
+        );
     }
 }

@@ -241,7 +241,10 @@ async fn run_session(
             return;
         }
     };
-    let session = Arc::new(AgentSession::new(identity, info, remote, sender));
+    let agent_load = state.registry.agent_load(&identity.account, &info);
+    let session = Arc::new(AgentSession::new(
+        identity, info, remote, sender, agent_load,
+    ));
     state.registry.insert(session.clone());
     tracing::info!(
         session = session.id,
