@@ -4,10 +4,20 @@
 //! Full jitter (a uniform draw between zero and the exponential ceiling)
 //! spreads a thousand agents that lost the relay at the same instant over
 //! the whole window instead of having them return in waves.
+//!
+//! The ceiling doubles from `base` up to a one-second *plateau* and stays
+//! there for [`PLATEAU_ATTEMPTS`] attempts (about five seconds), so an
+//! agent is back within a second of a relay that restarts quickly; only a
+//! longer outage lets it double on up to `cap`.
 
 use std::time::Duration;
 
 use rand::Rng;
+
+/// The ceiling the first doublings stop at, for a while.
+pub const PLATEAU: Duration = Duration::from_secs(1);
+/// Attempts spent at the plateau before doubling on.
+pub const PLATEAU_ATTEMPTS: u32 = 10;
 
 /// Backoff state of one connection slot.
 #[derive(Debug, Clone)]
@@ -18,7 +28,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Delays grow from `base` doubling up to `cap`.
+    /// Delays grow from `base` doubling to the plateau, stay there for a
+    /// while, then double on up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Self {
             base,
@@ -29,8 +40,22 @@ impl Backoff {
 
     /// The ceiling of the next delay (before jitter).
     pub fn ceiling(&self) -> Duration {
-        let factor = 2u32.saturating_pow(self.attempt.min(20));
-        self.base.saturating_mul(factor).min(self.cap)
+        let doubled =
+            |from: Duration, times: u32| from.saturating_mul(2u32.saturating_pow(times.min(20)));
+        // Attempts before the ceiling reaches the plateau (none if `base`
+        // is already at or above it).
+        let plateau = PLATEAU.max(self.base);
+        let to_plateau = (0..20)
+            .find(|n| doubled(self.base, *n) >= plateau)
+            .unwrap_or(20);
+        let ceiling = if self.attempt < to_plateau {
+            doubled(self.base, self.attempt)
+        } else if self.attempt - to_plateau < PLATEAU_ATTEMPTS {
+            plateau
+        } else {
+            doubled(plateau, self.attempt - to_plateau - PLATEAU_ATTEMPTS + 1)
+        };
+        ceiling.min(self.cap)
     }
 
     /// The next delay, drawn uniformly from `[0, ceiling]`; raises the
@@ -55,20 +80,38 @@ mod tests {
     use rand::rngs::StdRng;
 
     #[test]
-    fn ceiling_doubles_up_to_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    fn ceiling_doubles_to_the_plateau_stays_then_doubles_to_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut rng = StdRng::seed_from_u64(3);
         let mut ceilings = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..25 {
             ceilings.push(b.ceiling());
             let d = b.next_delay(&mut rng);
             assert!(d <= *ceilings.last().unwrap());
         }
-        assert_eq!(ceilings[0], Duration::from_millis(500));
-        assert_eq!(ceilings[1], Duration::from_secs(1));
-        assert_eq!(ceilings[9], Duration::from_secs(30));
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(&ceilings[..4], &[ms(100), ms(200), ms(400), ms(800)]);
+        assert!(
+            ceilings[4..14].iter().all(|c| *c == PLATEAU),
+            "{ceilings:?}"
+        );
+        assert_eq!(
+            &ceilings[14..19],
+            &[ms(2000), ms(4000), ms(8000), ms(16000), ms(30000)]
+        );
+        assert_eq!(ceilings[24], Duration::from_secs(30));
         b.reset();
-        assert_eq!(b.ceiling(), Duration::from_millis(500));
+        assert_eq!(b.ceiling(), ms(100));
+    }
+
+    #[test]
+    fn a_cap_below_the_plateau_wins() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
+        let mut rng = StdRng::seed_from_u64(4);
+        for _ in 0..30 {
+            assert!(b.next_delay(&mut rng) <= Duration::from_millis(300));
+        }
+        assert_eq!(b.ceiling(), Duration::from_millis(300));
     }
 
     #[test]

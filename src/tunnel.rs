@@ -16,7 +16,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,8 +33,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// TCP connect + TLS + upgrade must finish within this.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest WebSocket message accepted from the relay.
-const MAX_WS_MESSAGE: usize = 1024 * 1024;
 /// How often the token file is read for changes.
 const TOKEN_POLL: Duration = Duration::from_secs(1);
 
@@ -333,9 +330,7 @@ async fn dial(
     };
 
     let request = handshake_request(url, &token, config)?;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_WS_MESSAGE))
-        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let ws_config = tether_wire::ws_io::session_config();
     let (ws, response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
             .await

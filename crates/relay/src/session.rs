@@ -20,7 +20,7 @@ use tether_wire::protocol::{self, AgentInfo, header as th};
 use tether_wire::{BoxBody, ErrorCode, Problem, WsIo, empty_body};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::State;
 use crate::auth::{AuthError, Identity};
@@ -29,7 +29,6 @@ use crate::registry::AgentSession;
 
 /// Largest WebSocket message or frame accepted from an agent. The agent
 /// sends at most [`tether_wire::ws_io::DEFAULT_MAX_MESSAGE`] per message.
-const MAX_WS_MESSAGE: usize = 1024 * 1024;
 /// How long the agent has to answer the info request after the upgrade.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest info document accepted.
@@ -189,9 +188,7 @@ async fn run_session(
             return;
         }
     };
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_WS_MESSAGE))
-        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let ws_config = tether_wire::ws_io::session_config();
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
             .await;

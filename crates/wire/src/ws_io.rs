@@ -24,6 +24,23 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 /// Default size at which buffered writes are sent even before a flush.
 pub const DEFAULT_MAX_MESSAGE: usize = 256 * 1024;
 
+/// Largest WebSocket message either side of a Tether session accepts.
+pub const SESSION_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// tungstenite's read buffer per session. Its default (128 KiB, allocated
+/// when the socket is made) would cost an idle relay 128 KiB per agent;
+/// 16 KiB reads cost little throughput (measured in bench/), and a larger
+/// message still grows the buffer for as long as it needs to.
+const SESSION_READ_BUFFER: usize = 16 * 1024;
+
+/// The WebSocket settings of a Tether session, the same on both sides.
+pub fn session_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(SESSION_MAX_MESSAGE))
+        .max_frame_size(Some(SESSION_MAX_MESSAGE))
+        .read_buffer_size(SESSION_READ_BUFFER)
+}
+
 /// A WebSocket as `AsyncRead + AsyncWrite` (see the module docs).
 #[derive(Debug)]
 pub struct WsIo<S> {
