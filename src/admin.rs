@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditLog;
 use crate::secrets::Secrets;
 use crate::tunnel::Sessions;
 
@@ -17,12 +18,14 @@ pub(crate) async fn serve(
     listener: TcpListener,
     sessions: Arc<Sessions>,
     secrets: Arc<Secrets>,
+    audit: Arc<AuditLog>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let handler = serve::handler(move |req, _| {
         let sessions = sessions.clone();
         let secrets = secrets.clone();
+        let audit = audit.clone();
         async move {
             let up = sessions.up();
             match (req.method(), req.uri().path()) {
@@ -31,7 +34,16 @@ pub(crate) async fn serve(
                 (&Method::GET, "/readyz") => {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no relay session\n".into())
                 }
-                (&Method::GET, "/metrics") => text(StatusCode::OK, metrics(up, &secrets)),
+                (&Method::GET, "/metrics") => {
+                    let body = audit
+                        .metrics()
+                        .render(up, &secrets.stats(), audit.dropped());
+                    let mut response = text(StatusCode::OK, body);
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+                    response
+                }
                 _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
             }
         }
@@ -47,36 +59,8 @@ pub(crate) async fn serve(
     .await;
 }
 
-fn metrics(sessions: usize, secrets: &Secrets) -> String {
-    use std::fmt::Write;
-    let mut out = format!(
-        "# HELP tether_agent_sessions Relay sessions up.\n\
-         # TYPE tether_agent_sessions gauge\n\
-         tether_agent_sessions {sessions}\n\
-         # HELP tether_agent_secret_reads_total Reads of a secret's store.\n\
-         # TYPE tether_agent_secret_reads_total counter\n"
-    );
-    let stats = secrets.stats();
-    for s in &stats {
-        let _ = writeln!(
-            out,
-            "tether_agent_secret_reads_total{{secret=\"{}\"}} {}",
-            s.name, s.reads
-        );
-    }
-    out.push_str(
-        "# HELP tether_agent_secret_stale_total Requests served a stale value while the store failed.\n\
-         # TYPE tether_agent_secret_stale_total counter\n",
-    );
-    for s in &stats {
-        let _ = writeln!(
-            out,
-            "tether_agent_secret_stale_total{{secret=\"{}\"}} {}",
-            s.name, s.stale_served
-        );
-    }
-    out
-}
+/// What prometheus-client writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn text(status: StatusCode, body: String) -> Response<BoxBody> {
     let mut response = Response::new(full_body(body));

@@ -20,6 +20,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::metrics::Metrics;
+
 /// Lines queued for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 8192;
 
@@ -28,10 +30,12 @@ enum Message {
     Reopen,
 }
 
-/// Where audit lines go.
+/// Where audit lines go. Every record also feeds the request metrics, so
+/// the two always count the same requests.
 pub struct AuditLog {
     writer: Option<SyncSender<Message>>,
     dropped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
@@ -40,6 +44,7 @@ impl AuditLog {
         Self {
             writer: None,
             dropped: AtomicU64::new(0),
+            metrics: Arc::default(),
         }
     }
 
@@ -72,11 +77,13 @@ impl AuditLog {
         Ok(Self {
             writer: Some(tx),
             dropped: AtomicU64::new(0),
+            metrics: Arc::default(),
         })
     }
 
     /// Writes one record.
     pub fn record(&self, record: &AuditRecord) {
+        self.metrics.observe(record);
         match &self.writer {
             None => tracing::info!(
                 target: "tether::audit",
@@ -110,6 +117,11 @@ impl AuditLog {
         if let Some(tx) = &self.writer {
             let _ = tx.try_send(Message::Reopen);
         }
+    }
+
+    /// The request metrics this log feeds.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Lines dropped because the writer fell behind.
@@ -212,6 +224,7 @@ pub struct PendingRecord {
 impl PendingRecord {
     /// Holds `record` until drop.
     pub fn new(record: AuditRecord, bytes: Arc<Bytes>, log: Arc<AuditLog>) -> Self {
+        log.metrics.request_started();
         Self { record, bytes, log }
     }
 }
@@ -222,5 +235,6 @@ impl Drop for PendingRecord {
         self.record.bytes_out = self.bytes.outbound.load(Ordering::Relaxed);
         self.record.stamp();
         self.log.record(&self.record);
+        self.log.metrics.request_ended();
     }
 }

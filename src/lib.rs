@@ -21,6 +21,7 @@ pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;
+pub mod metrics;
 pub mod policy;
 pub mod secret;
 pub mod secrets;
@@ -155,6 +156,7 @@ impl Agent {
                 listener,
                 self.sessions.clone(),
                 self.dispatcher.secrets().clone(),
+                self.dispatcher.audit_log().clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));

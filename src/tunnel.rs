@@ -121,6 +121,7 @@ impl Slot {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(BACKOFF_BASE, self.config.relay.backoff_max);
         let slot = self.number;
+        let mut opened = 0u64;
         'reconnect: while !shutdown.is_cancelled() {
             let dialled = tokio::select! {
                 result = self.dial() => result,
@@ -131,6 +132,10 @@ impl Slot {
                 Ok(io) => {
                     let mut live = self.spawn_session(io);
                     tracing::info!(slot, relay = %self.config.relay.url, "session up");
+                    opened += 1;
+                    if opened > 1 {
+                        self.dispatcher.audit_log().metrics().reconnected();
+                    }
                     loop {
                         tokio::select! {
                             why = &mut live.done => {

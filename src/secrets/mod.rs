@@ -62,6 +62,8 @@ struct Entry {
     flight: tokio::sync::Mutex<()>,
     /// Store reads made, for metrics and the single-flight test.
     reads: AtomicU64,
+    /// Lookups answered from the cache.
+    hits: AtomicU64,
     /// Requests served with a stale value.
     stale_served: AtomicU64,
 }
@@ -90,8 +92,10 @@ pub struct Secrets {
 pub struct SecretStats {
     /// The secret.
     pub name: String,
-    /// Store reads made.
+    /// Store reads made (cache misses).
     pub reads: u64,
+    /// Lookups answered from the cache.
+    pub hits: u64,
     /// Requests served with a stale value.
     pub stale_served: u64,
 }
@@ -129,6 +133,7 @@ impl Secrets {
                         state: Mutex::new(State::default()),
                         flight: tokio::sync::Mutex::new(()),
                         reads: AtomicU64::new(0),
+                        hits: AtomicU64::new(0),
                         stale_served: AtomicU64::new(0),
                     },
                 )
@@ -157,12 +162,14 @@ impl Secrets {
             .get(name)
             .ok_or_else(|| SecretError::Unknown(name.to_owned()))?;
         if let Some(value) = entry.fresh(Instant::now()) {
+            entry.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(value);
         }
         let _flight = entry.flight.lock().await;
         let now = Instant::now();
         // Another request may have refreshed it while we waited.
         if let Some(value) = entry.fresh(now) {
+            entry.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(value);
         }
         let recently_failed = {
@@ -231,6 +238,7 @@ impl Secrets {
             .map(|e| SecretStats {
                 name: e.spec.name.clone(),
                 reads: e.reads.load(Ordering::Relaxed),
+                hits: e.hits.load(Ordering::Relaxed),
                 stale_served: e.stale_served.load(Ordering::Relaxed),
             })
             .collect();

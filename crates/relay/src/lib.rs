@@ -25,6 +25,7 @@ pub mod config;
 pub mod credential;
 mod ingress;
 pub mod limiter;
+pub mod metrics;
 pub mod registry;
 mod session;
 pub mod store;
@@ -80,6 +81,7 @@ pub(crate) struct State {
     pub(crate) limiter: limiter::FailureLimiter,
     /// `[limits] caller_rate`, when set.
     pub(crate) callers: Option<limiter::CallerLimiter>,
+    pub(crate) metrics: metrics::Metrics,
     /// The admin API key (hashed); the API is off without one.
     pub(crate) admin_key: Option<admin::AdminKey>,
     draining: AtomicBool,
@@ -129,6 +131,7 @@ impl Relay {
                 config.limits.caller_burst,
             ),
             admin_key,
+            metrics: metrics::Metrics::default(),
             draining: AtomicBool::new(false),
             config,
         });
@@ -248,10 +251,14 @@ async fn handle_public(
         return session::handle_connect(state, req, remote).await;
     }
     if path.starts_with(protocol::ROUTES_PREFIX) {
-        return ingress::handle_route(state, req, remote).await;
+        let response = ingress::handle_route(state.clone(), req, remote).await;
+        state.metrics.request(response.status());
+        return response;
     }
     if path == protocol::RESOLVE_PATH {
-        return ingress::handle_resolve(state, req, remote).await;
+        let response = ingress::handle_resolve(state.clone(), req, remote).await;
+        state.metrics.request(response.status());
+        return response;
     }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
@@ -271,23 +278,22 @@ async fn handle_admin(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),
-        (&Method::GET, "/metrics") => plain(
-            StatusCode::OK,
-            &format!(
-                "# HELP tether_relay_agent_sessions Connected agent sessions.\n\
-                 # TYPE tether_relay_agent_sessions gauge\n\
-                 tether_relay_agent_sessions {}\n\
-                 # HELP tether_relay_auth_failures_total Failed authentications (agents and callers).\n\
-                 # TYPE tether_relay_auth_failures_total counter\n\
-                 tether_relay_auth_failures_total {}\n\
-                 # HELP tether_relay_auth_rate_limited_total Failed authentications answered 429.\n\
-                 # TYPE tether_relay_auth_rate_limited_total counter\n\
-                 tether_relay_auth_rate_limited_total {}\n",
-                state.registry.len(),
-                state.limiter.counts().0,
-                state.limiter.counts().1,
-            ),
-        ),
+        (&Method::GET, "/metrics") => {
+            let sessions = state.registry.sessions();
+            let body = state.metrics.render(metrics::Snapshot {
+                sessions: &sessions,
+                auth: state.limiter.counts(),
+                callers_limited: state.callers.as_ref().map_or(0, |c| c.limited()),
+            });
+            let mut response = plain(StatusCode::OK, &body);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
     }
 }

@@ -1,0 +1,141 @@
+//! The relay's Prometheus metrics (`/metrics` on the admin listener;
+//! prometheus-client, OpenMetrics text). Counters the relay keeps
+//! elsewhere (authentication failures, sessions) are copied in when
+//! scraped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::registry::AgentSession;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
+/// Every metric of the relay.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CodeLabel, Counter>,
+    agents: Family<AccountLabel, Gauge>,
+    sessions: Gauge,
+    auth_failures: Counter,
+    auth_limited: Counter,
+    callers_limited: Counter,
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tether_relay");
+        let m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            agents: Family::default(),
+            sessions: Gauge::default(),
+            auth_failures: Counter::default(),
+            auth_limited: Counter::default(),
+            callers_limited: Counter::default(),
+            scrape: Mutex::new(()),
+        };
+        registry.register(
+            "requests",
+            "Caller requests (routes and secret resolution), by status code answered",
+            m.requests.clone(),
+        );
+        registry.register(
+            "agents_connected",
+            "Agents (name and instance) with at least one session, by account",
+            m.agents.clone(),
+        );
+        registry.register(
+            "agent_sessions",
+            "Connected agent sessions",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications (agents and callers)",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_rate_limited",
+            "Failed authentications answered 429",
+            m.auth_limited.clone(),
+        );
+        registry.register(
+            "caller_rate_limited",
+            "Caller requests refused by [limits] caller_rate",
+            m.callers_limited.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+/// What the scrape copies in.
+pub struct Snapshot<'a> {
+    /// Connected sessions.
+    pub sessions: &'a [std::sync::Arc<AgentSession>],
+    /// Failed authentications, and how many were answered 429.
+    pub auth: (u64, u64),
+    /// Requests refused by the caller rate limit.
+    pub callers_limited: u64,
+}
+
+impl Metrics {
+    /// Counts one caller request by the status answered.
+    pub fn request(&self, status: http::StatusCode) {
+        self.requests
+            .get_or_create(&CodeLabel {
+                code: status.as_u16().to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self, now: Snapshot<'_>) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.sessions
+            .set(i64::try_from(now.sessions.len()).unwrap_or(i64::MAX));
+        let mut agents: HashMap<&str, std::collections::HashSet<(&str, &str)>> = HashMap::new();
+        for s in now.sessions {
+            agents
+                .entry(s.account.as_str())
+                .or_default()
+                .insert((s.info.name.as_str(), s.info.instance.as_str()));
+        }
+        // Accounts that had agents and have none now read 0.
+        self.agents.clear();
+        for (account, set) in agents {
+            self.agents
+                .get_or_create(&AccountLabel {
+                    account: account.to_owned(),
+                })
+                .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        }
+        catch_up(&self.auth_failures, now.auth.0);
+        catch_up(&self.auth_limited, now.auth.1);
+        catch_up(&self.callers_limited, now.callers_limited);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}

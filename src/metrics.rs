@@ -1,0 +1,269 @@
+//! The agent's Prometheus metrics, exposed on the admin listener's
+//! `/metrics` (prometheus-client, OpenMetrics text).
+//!
+//! Request metrics are recorded where the audit line is written — once per
+//! request the relay sent, when its response body ended — so the audit
+//! trail and the counters always agree. Values other parts of the agent
+//! already keep (sessions, secret cache counters, dropped audit lines) are
+//! copied in when scraped.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::audit::AuditRecord;
+use crate::secrets::SecretStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCode {
+    route: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecretLabel {
+    secret: String,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric of the agent.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteCode, Counter>,
+    duration: HistogramFamily,
+    bytes_in: Family<RouteLabel, Counter>,
+    bytes_out: Family<RouteLabel, Counter>,
+    denials: Family<RouteLabel, Counter>,
+    in_flight: Gauge,
+    sessions: Gauge,
+    reconnects: Counter,
+    secret_reads: Family<SecretLabel, Counter>,
+    secret_hits: Family<SecretLabel, Counter>,
+    secret_stale: Family<SecretLabel, Counter>,
+    audit_dropped: Counter,
+    /// One scrape at a time: copying counters in is read-then-add.
+    scrape: Mutex<()>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tether_agent");
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            denials: Family::default(),
+            in_flight: Gauge::default(),
+            sessions: Gauge::default(),
+            reconnects: Counter::default(),
+            secret_reads: Family::default(),
+            secret_hits: Family::default(),
+            secret_stale: Family::default(),
+            audit_dropped: Counter::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests the relay sent, by route and status code answered",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "From a request's arrival to the end of its response body",
+            m.duration.clone(),
+        );
+        registry.register(
+            "request_bytes",
+            "Request body bytes forwarded to upstreams",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent back to the relay",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "policy_denials",
+            "Requests refused by the agent's policy (403 denied)",
+            m.denials.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests being served",
+            m.in_flight.clone(),
+        );
+        registry.register("sessions", "Relay sessions up", m.sessions.clone());
+        registry.register(
+            "reconnects",
+            "Sessions opened after an earlier session of the same slot ended",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "secret_reads",
+            "Reads of a secret's store (cache misses)",
+            m.secret_reads.clone(),
+        );
+        registry.register(
+            "secret_cache_hits",
+            "Secret lookups answered from the cache",
+            m.secret_hits.clone(),
+        );
+        registry.register(
+            "secret_stale",
+            "Requests served a stale secret value while its store failed",
+            m.secret_stale.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit lines dropped because the writer fell behind",
+            m.audit_dropped.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one finished request from its audit record.
+    pub fn observe(&self, record: &AuditRecord) {
+        let route = RouteLabel {
+            route: record.route.clone(),
+        };
+        self.requests
+            .get_or_create(&RouteCode {
+                route: record.route.clone(),
+                code: record.status.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&route)
+            .observe(record.duration_ms as f64 / 1000.0);
+        if record.bytes_in > 0 {
+            self.bytes_in.get_or_create(&route).inc_by(record.bytes_in);
+        }
+        if record.bytes_out > 0 {
+            self.bytes_out
+                .get_or_create(&route)
+                .inc_by(record.bytes_out);
+        }
+        if record.decision == "denied" {
+            self.denials.get_or_create(&route).inc();
+        }
+    }
+
+    /// A request went upstream; [`Metrics::request_ended`] follows.
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request that went upstream has finished its response body.
+    pub fn request_ended(&self) {
+        self.in_flight.dec();
+    }
+
+    /// A slot opened a session that is not its first.
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// The OpenMetrics text, with the copied-in values brought up to date.
+    pub fn render(&self, sessions: usize, secrets: &[SecretStats], audit_dropped: u64) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.sessions
+            .set(i64::try_from(sessions).unwrap_or(i64::MAX));
+        for s in secrets {
+            let label = SecretLabel {
+                secret: s.name.clone(),
+            };
+            catch_up(&self.secret_reads.get_or_create(&label), s.reads);
+            catch_up(&self.secret_hits.get_or_create(&label), s.hits);
+            catch_up(&self.secret_stale.get_or_create(&label), s.stale_served);
+        }
+        catch_up(&self.audit_dropped, audit_dropped);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Raises `counter` to `total` (a monotonic value kept elsewhere).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_by_route_and_code_and_copied_values() {
+        let m = Metrics::default();
+        let mut r = AuditRecord::begin("id", "key", "GET");
+        r.route = "jenkins".into();
+        r.finish(200, "allowed");
+        m.observe(&r);
+        m.observe(&r);
+        r.finish(403, "denied");
+        m.observe(&r);
+        m.request_started();
+        let text = m.render(2, &[], 0);
+        assert!(text.contains("tether_agent_requests_in_flight 1"), "{text}");
+        m.request_ended();
+        let stats = [SecretStats {
+            name: "tok".into(),
+            reads: 3,
+            hits: 10,
+            stale_served: 0,
+        }];
+        let text = m.render(2, &stats, 4);
+        assert!(
+            text.contains(r#"tether_agent_requests_total{route="jenkins",code="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_agent_requests_total{route="jenkins",code="403"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_agent_policy_denials_total{route="jenkins"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("tether_agent_sessions 2"), "{text}");
+        assert!(text.contains("tether_agent_requests_in_flight 0"), "{text}");
+        assert!(
+            text.contains(r#"tether_agent_secret_cache_hits_total{secret="tok"} 10"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_agent_audit_dropped_total 4"),
+            "{text}"
+        );
+        // Scraping again does not add twice.
+        let text = m.render(2, &stats, 4);
+        assert!(
+            text.contains(r#"tether_agent_secret_reads_total{secret="tok"} 3"#),
+            "{text}"
+        );
+    }
+}
