@@ -11,11 +11,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates/wire/Cargo.toml crates/wire/Cargo.toml
 COPY crates/relay/Cargo.toml crates/relay/Cargo.toml
 COPY crates/sample-upstream/Cargo.toml crates/sample-upstream/Cargo.toml
-RUN mkdir -p src crates/wire/src crates/relay/src crates/sample-upstream/src \
+COPY crates/swarm/Cargo.toml crates/swarm/Cargo.toml
+RUN mkdir -p src crates/wire/src crates/relay/src crates/sample-upstream/src crates/swarm/src \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && touch crates/wire/src/lib.rs crates/relay/src/lib.rs crates/sample-upstream/src/lib.rs \
     && echo 'fn main() {}' > crates/relay/src/main.rs \
     && echo 'fn main() {}' > crates/sample-upstream/src/main.rs \
+    && echo 'fn main() {}' > crates/swarm/src/main.rs \
     && cargo fetch --locked
 COPY . .
 ARG BIN=tether-agent

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lints what ships outside the binaries: the systemd units (systemd-analyze
 # verify, with ExecStart pointed at the built binaries, and the offline
-# security score) and the Dockerfile (hadolint). Needs target/debug built.
+# security score), the Dockerfile (hadolint) and the Helm chart
+# (scripts/check-helm.py). Needs target/debug built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,13 @@ if ! command -v hadolint >/dev/null 2>&1; then
 fi
 echo "==> hadolint Dockerfile"
 hadolint Dockerfile
+
+if ! python3 -c 'import helm_python, yaml' 2>/dev/null || ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+  hash -r
+fi
+echo "==> Helm chart (lint --strict, render, agent check, kubernetes-validate)"
+python3 scripts/check-helm.py
 
 if command -v systemd-analyze >/dev/null 2>&1; then
   work=$(mktemp -d)
