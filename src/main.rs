@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tether_agent::config::{AgentConfig, ProcessEnv};
+use tether_wire::cli::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -15,16 +16,10 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,10 +52,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tether_wire::cli::init_logging(match cli.log_format {
-        LogFormat::Text => tether_wire::cli::LogFormat::Text,
-        LogFormat::Json => tether_wire::cli::LogFormat::Json,
-    });
+    tether_wire::cli::init_logging(cli.log_format);
     match cli.command {
         Command::Check { config, offline } => match AgentConfig::load(&config, &ProcessEnv) {
             Ok(c) => {

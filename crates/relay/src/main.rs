@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tether_relay::config::RelayConfig;
 use tether_relay::store::Store;
+use tether_wire::cli::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -21,16 +22,10 @@ struct Cli {
     #[arg(long, global = true, env = "TETHER_RELAY_CONFIG")]
     config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -122,10 +117,7 @@ enum KeysCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tether_wire::cli::init_logging(match cli.log_format {
-        LogFormat::Text => tether_wire::cli::LogFormat::Text,
-        LogFormat::Json => tether_wire::cli::LogFormat::Json,
-    });
+    tether_wire::cli::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,30 +1,78 @@
 //! What both binaries do the same way at start and stop: logging set-up
 //! and waiting for a termination signal.
 
-/// Log output format on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Log output (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines (colour only on a terminal).
+    /// The journal when stderr is connected to it (systemd sets
+    /// `JOURNAL_STREAM`), human-readable lines otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr (colour only on a terminal).
     Text,
-    /// One JSON object per line.
+    /// One JSON object per line on stderr.
     Json,
+    /// Native journald entries: every span and event field becomes a
+    /// journal field (`REQUEST_ID`, `ROUTE`, …); the target is `TARGET`
+    /// (audit lines: `tether::audit`).
+    Journald,
 }
 
 /// Installs the global tracing subscriber: level from `TETHER_LOG`, else
-/// `RUST_LOG`, else `info`; stderr; colour only when it is a terminal.
+/// `RUST_LOG`, else `info`.
+///
+/// Journald goes through tracing-journald rather than the design card's
+/// systemd-journal-logger: the latter is a `log` backend, so it would see
+/// tracing events only through the `log` bridge, which flattens their
+/// fields into the message text. tracing-journald writes each field as a
+/// journal field of its own, so `journalctl REQUEST_ID=…` works.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TETHER_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        EnvFilter::try_from_env("TETHER_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        other => other,
+    };
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer.with_field_prefix(None))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("journald unavailable ({e}); logging to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
     }
+}
+
+/// Whether stderr is the journal stream systemd connected (its device and
+/// inode are in `JOURNAL_STREAM`), as sd_journal_stream_fd documents.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(expected) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    expected.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 /// Resolves on SIGTERM or SIGINT.
