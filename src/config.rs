@@ -81,6 +81,11 @@ struct RawRelay {
     ping_interval: Option<Spanned<String>>,
     ping_timeout: Option<Spanned<String>>,
     backoff_max: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
+    proxy_username: Option<Spanned<String>>,
+    proxy_password_file: Option<Spanned<PathBuf>>,
+    client_cert_file: Option<Spanned<PathBuf>>,
+    client_key_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +165,10 @@ pub struct RelaySettings {
     pub ping_timeout: Duration,
     /// Ceiling of the reconnect delay (default 30 s).
     pub backoff_max: Duration,
+    /// The HTTP CONNECT proxy the relay is reached through, if any.
+    pub proxy: Option<crate::egress::Proxy>,
+    /// Client certificate and key (PEM) presented to the relay (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where the agent token comes from.
@@ -336,6 +345,24 @@ impl AgentConfig {
         let ping_interval = duration(&relay.ping_interval, "ping_interval", PING_INTERVAL)?;
         let ping_timeout = duration(&relay.ping_timeout, "ping_timeout", PING_TIMEOUT)?;
         let backoff_max = duration(&relay.backoff_max, "backoff_max", BACKOFF_MAX)?;
+        let proxy = relay_proxy(&relay, &url, env)
+            .map_err(|(span, m)| at(span.unwrap_or(relay_span.clone()), m))?;
+        let client_cert = match (&relay.client_cert_file, &relay.client_key_file) {
+            (Some(cert), Some(key)) => Some((cert.get_ref().clone(), key.get_ref().clone())),
+            (None, None) => None,
+            (Some(s), None) => {
+                return Err(at(
+                    s.span(),
+                    "relay.client_cert_file needs relay.client_key_file".into(),
+                ));
+            }
+            (None, Some(s)) => {
+                return Err(at(
+                    s.span(),
+                    "relay.client_key_file needs relay.client_cert_file".into(),
+                ));
+            }
+        };
 
         let agent = raw.agent.into_inner();
         if !valid_route_name(agent.name.get_ref()) {
@@ -423,6 +450,8 @@ impl AgentConfig {
                 ping_interval,
                 ping_timeout,
                 backoff_max,
+                proxy,
+                client_cert,
             },
             identity: Identity {
                 name: agent.name.into_inner(),
@@ -593,6 +622,59 @@ fn parse_relay_url(url: &str) -> Result<Uri, String> {
         return Err("credentials in the URL are not allowed; use token_file".into());
     }
     Ok(uri)
+}
+
+/// `[relay] proxy` (with `proxy_username` / `proxy_password_file`), else
+/// the environment's proxy for the relay URL.
+fn relay_proxy(
+    relay: &RawRelay,
+    url: &Uri,
+    env: &impl Env,
+) -> Result<Option<crate::egress::Proxy>, RouteError> {
+    use crate::egress::{ProxyAuth, parse_proxy_url, proxy_from_env};
+    let file_auth = match (&relay.proxy_username, &relay.proxy_password_file) {
+        (Some(user), Some(file)) => Some(ProxyAuth::File {
+            username: user.get_ref().clone(),
+            password_file: file.get_ref().clone(),
+        }),
+        (None, None) => None,
+        (Some(s), None) => {
+            return Err((
+                Some(s.span()),
+                "relay.proxy_username needs relay.proxy_password_file".into(),
+            ));
+        }
+        (None, Some(s)) => {
+            return Err((
+                Some(s.span()),
+                "relay.proxy_password_file needs relay.proxy_username".into(),
+            ));
+        }
+    };
+    let mut proxy = match &relay.proxy {
+        Some(text) => {
+            let proxy = parse_proxy_url(text.get_ref())
+                .map_err(|m| (Some(text.span()), format!("relay.proxy: {m}")))?;
+            if proxy.auth.is_some() {
+                return Err((
+                    Some(text.span()),
+                    "relay.proxy: put the password in proxy_password_file, not in the URL (it is logged)"
+                        .into(),
+                ));
+            }
+            Some(proxy)
+        }
+        None => proxy_from_env(
+            env,
+            url.scheme_str().unwrap_or("wss"),
+            url.host().unwrap_or_default(),
+        )
+        .map_err(|m| (None, m))?,
+    };
+    if let (Some(p), Some(auth)) = (proxy.as_mut(), file_auth) {
+        p.auth = Some(auth);
+    }
+    Ok(proxy)
 }
 
 fn hostname(env: &impl Env) -> Option<String> {

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;
+pub mod egress;
 pub mod metrics;
 pub mod policy;
 pub mod secret;
@@ -98,8 +99,11 @@ impl Agent {
             None => audit::AuditLog::to_log(),
         });
         let dispatcher = Arc::new(Dispatcher::new(&config, secrets, audit)?);
-        let mut relay_tls =
-            upstream::tls_client_config(upstream::root_store(config.relay.ca_file.as_deref())?);
+        let relay_roots = upstream::root_store(config.relay.ca_file.as_deref())?;
+        let mut relay_tls = match &config.relay.client_cert {
+            Some((cert, key)) => upstream::tls_client_config_with_cert(relay_roots, cert, key)?,
+            None => upstream::tls_client_config(relay_roots),
+        };
         relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let admin = match config.admin_listen {
             Some(addr) => Some(

@@ -318,9 +318,14 @@ async fn dial(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let tcp = TcpStream::connect((bare_host.as_str(), port))
-        .await
-        .map_err(|e| DialError::Connect(format!("{host}:{port}"), e))?;
+    let tcp = match &config.relay.proxy {
+        Some(proxy) => crate::egress::connect(proxy, &bare_host, port)
+            .await
+            .map_err(|e| DialError::Connect(format!("{host}:{port} through proxy {proxy}"), e))?,
+        None => TcpStream::connect((bare_host.as_str(), port))
+            .await
+            .map_err(|e| DialError::Connect(format!("{host}:{port}"), e))?,
+    };
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if secure {
         let name = rustls_pki_types::ServerName::try_from(bare_host.clone())

@@ -89,6 +89,37 @@ pub fn tls_client_config(roots: RootCertStore) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// Like [`tls_client_config`], presenting the certificate chain in
+/// `cert_file` with the private key in `key_file` (PEM) to servers that
+/// ask for one (mTLS).
+pub fn tls_client_config_with_cert(
+    roots: RootCertStore,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ClientConfig, TlsConfigError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let err = |path: &Path, message: String| TlsConfigError {
+        path: path.to_owned(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| err(cert_file, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(cert_file, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(cert_file, "no PEM certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| err(key_file, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| err(key_file, e.to_string()))
+}
+
 fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
     let tls = tls_client_config(root_store(ca_file)?);
     let mut http = HttpConnector::new();
