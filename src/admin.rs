@@ -10,22 +10,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::AuditLog;
-use crate::secrets::Secrets;
+use crate::dispatch::Dispatcher;
 use crate::tunnel::Sessions;
 
 pub(crate) async fn serve(
     listener: TcpListener,
     sessions: Arc<Sessions>,
-    secrets: Arc<Secrets>,
-    audit: Arc<AuditLog>,
+    dispatcher: tokio::sync::watch::Receiver<Arc<Dispatcher>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let handler = serve::handler(move |req, _| {
         let sessions = sessions.clone();
-        let secrets = secrets.clone();
-        let audit = audit.clone();
+        let current = dispatcher.borrow().clone();
         async move {
             let up = sessions.up();
             match (req.method(), req.uri().path()) {
@@ -35,9 +32,9 @@ pub(crate) async fn serve(
                     text(StatusCode::SERVICE_UNAVAILABLE, "no relay session\n".into())
                 }
                 (&Method::GET, "/metrics") => {
-                    let body = audit
-                        .metrics()
-                        .render(up, &secrets.stats(), audit.dropped());
+                    let audit = current.audit_log();
+                    let stats = current.secrets().stats();
+                    let body = audit.metrics().render(up, &stats, audit.dropped());
                     let mut response = text(StatusCode::OK, body);
                     response
                         .headers_mut()

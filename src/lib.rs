@@ -71,7 +71,9 @@ pub enum AgentError {
 /// An agent ready to run.
 pub struct Agent {
     config: Arc<AgentConfig>,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: tokio::sync::watch::Sender<Arc<Dispatcher>>,
+    /// The file SIGHUP re-reads, if the configuration came from one.
+    config_path: Option<std::path::PathBuf>,
     relay_tls: Arc<rustls::ClientConfig>,
     admin: Option<TcpListener>,
     sessions: Arc<Sessions>,
@@ -119,11 +121,19 @@ impl Agent {
         }
         Ok(Self {
             config: Arc::new(config),
-            dispatcher,
+            dispatcher: tokio::sync::watch::Sender::new(dispatcher),
+            config_path: None,
             relay_tls: Arc::new(relay_tls),
             admin,
             sessions: Arc::new(Sessions::default()),
         })
+    }
+
+    /// Makes SIGHUP re-read `path`: routes, secrets and their stores are
+    /// replaced without dropping a request (see [`reload`]).
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Address of the admin listener, if any.
@@ -140,7 +150,7 @@ impl Agent {
         let (token_changes, token_rx) = tokio::sync::watch::channel(0u64);
         tracker.spawn(tunnel::watch_token(
             self.config.relay.token.clone(),
-            token_changes,
+            token_changes.clone(),
             shutdown.clone(),
         ));
         for number in 0..self.config.relay.connections {
@@ -148,7 +158,7 @@ impl Agent {
                 number,
                 config: self.config.clone(),
                 tls: self.relay_tls.clone(),
-                dispatcher: self.dispatcher.clone(),
+                dispatcher: self.dispatcher.subscribe(),
                 sessions: self.sessions.clone(),
                 token_changes: token_rx.clone(),
                 tracker: tracker.clone(),
@@ -159,8 +169,7 @@ impl Agent {
             tracker.spawn(admin::serve(
                 listener,
                 self.sessions.clone(),
-                self.dispatcher.secrets().clone(),
-                self.dispatcher.audit_log().clone(),
+                self.dispatcher.subscribe(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
@@ -174,8 +183,13 @@ impl Agent {
             },
             shutdown.clone(),
         ));
-        tracker.spawn(reopen_audit_on_sighup(
-            self.dispatcher.audit_log().clone(),
+        tracker.spawn(on_sighup(
+            Reload {
+                path: self.config_path.clone(),
+                running: self.config.clone(),
+                dispatcher: self.dispatcher.clone(),
+                renew: token_changes,
+            },
             shutdown.clone(),
         ));
         tracker.close();
@@ -183,8 +197,21 @@ impl Agent {
     }
 }
 
-/// SIGHUP reopens the audit file, so logrotate can move it away.
-async fn reopen_audit_on_sighup(log: Arc<audit::AuditLog>, shutdown: CancellationToken) {
+/// What a SIGHUP needs to reload the configuration.
+struct Reload {
+    path: Option<std::path::PathBuf>,
+    /// The configuration the process started with: the relay connection,
+    /// identity and listeners it fixes cannot change without a restart.
+    running: Arc<AgentConfig>,
+    dispatcher: tokio::sync::watch::Sender<Arc<Dispatcher>>,
+    /// Bumped to have every slot open a new session (the relay then learns
+    /// the new routes) and drain the old one.
+    renew: tokio::sync::watch::Sender<u64>,
+}
+
+/// SIGHUP (`systemctl reload`): reopens the audit file (so logrotate can
+/// move it away) and, when the configuration came from a file, reloads it.
+async fn on_sighup(reload: Reload, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -192,12 +219,77 @@ async fn reopen_audit_on_sighup(log: Arc<audit::AuditLog>, shutdown: Cancellatio
     loop {
         tokio::select! {
             received = hup.recv() => match received {
-                Some(()) => log.reopen(),
+                Some(()) => {
+                    let current = reload.dispatcher.borrow().clone();
+                    current.audit_log().reopen();
+                    if let Some(path) = &reload.path {
+                        reload_config(&reload, path, current.audit_log().clone()).await;
+                    }
+                }
                 None => return,
             },
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Re-reads `path`: routes, secret definitions and secret stores are
+/// replaced at once for new requests (requests in flight finish with the
+/// old ones); sessions are renewed so the relay learns the routes. A file
+/// that fails validation changes nothing.
+async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit::AuditLog>) {
+    let mut new = match AgentConfig::load(path, &config::ProcessEnv) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+            return;
+        }
+    };
+    let running = &reload.running;
+    let mut fixed = Vec::new();
+    if new.relay.url != running.relay.url || new.relay.connections != running.relay.connections {
+        fixed.push("[relay]");
+    }
+    if new.identity.name != running.identity.name || new.identity.tags != running.identity.tags {
+        fixed.push("[agent]");
+    }
+    if new.admin_listen != running.admin_listen {
+        fixed.push("[admin]");
+    }
+    if new.audit_file != running.audit_file {
+        fixed.push("[audit]");
+    }
+    if !fixed.is_empty() {
+        tracing::warn!(sections = %fixed.join(", "),
+            "these sections changed and take effect only after a restart");
+    }
+    new.relay = running.relay.clone();
+    new.identity = running.identity.clone();
+    let secrets = match secrets::Secrets::new(
+        &new.secrets,
+        new.vault.as_ref(),
+        new.aws.as_ref(),
+        Arc::new(config::ProcessEnv),
+    )
+    .await
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused (secret stores); the running configuration stays");
+            return;
+        }
+    };
+    let dispatcher = match Dispatcher::new(&new, secrets, audit) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+            return;
+        }
+    };
+    reload.dispatcher.send_replace(dispatcher);
+    reload.renew.send_modify(|generation| *generation += 1);
+    tracing::info!(file = %path.display(), routes = new.routes.len(), secrets = new.secrets.len(),
+        "configuration reloaded; sessions renewing");
 }
 
 /// An error and its sources, joined by `: `.

@@ -81,7 +81,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match AgentConfig::load(&config, &ProcessEnv) {
+            let path = config;
+            let config = match AgentConfig::load(&path, &ProcessEnv) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("tether-agent: {e}");
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, path))
         }
     }
 }
@@ -135,10 +136,10 @@ async fn check_secrets(config: &AgentConfig) -> ExitCode {
     }
 }
 
-async fn run(config: AgentConfig) -> ExitCode {
+async fn run(config: AgentConfig, path: std::path::PathBuf) -> ExitCode {
     let name = config.identity.name.clone();
     let agent = match tether_agent::Agent::start(config).await {
-        Ok(agent) => agent,
+        Ok(agent) => agent.reload_from(path),
         Err(e) => {
             eprintln!("tether-agent: {e}");
             return ExitCode::FAILURE;

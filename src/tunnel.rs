@@ -89,11 +89,13 @@ pub struct Slot {
     pub config: Arc<AgentConfig>,
     /// TLS towards the relay.
     pub tls: Arc<rustls::ClientConfig>,
-    /// Serves the relay's requests.
-    pub dispatcher: Arc<Dispatcher>,
+    /// Serves the relay's requests: the current one, replaced when the
+    /// configuration is reloaded.
+    pub dispatcher: watch::Receiver<Arc<Dispatcher>>,
     /// Live session count.
     pub sessions: Arc<Sessions>,
-    /// Bumped when the token file changes.
+    /// Bumped when the token file changes or the configuration is
+    /// reloaded: the slot opens a new session, then drains the old one.
     pub token_changes: watch::Receiver<u64>,
     /// Where draining old sessions run, so shutdown waits for them.
     pub tracker: TaskTracker,
@@ -134,7 +136,7 @@ impl Slot {
                     tracing::info!(slot, relay = %self.config.relay.url, "session up");
                     opened += 1;
                     if opened > 1 {
-                        self.dispatcher.audit_log().metrics().reconnected();
+                        self.dispatcher.borrow().audit_log().metrics().reconnected();
                     }
                     loop {
                         tokio::select! {
@@ -166,7 +168,7 @@ impl Slot {
                                         let old = std::mem::replace(&mut live, new);
                                         old.drain.cancel();
                                         self.tracker.spawn(old.done);
-                                        tracing::info!(slot, "new token in use; previous session draining");
+                                        tracing::info!(slot, "new session in use; previous session draining");
                                     }
                                     Err(e) => tracing::warn!(slot, error = %e,
                                         "the new token was not accepted; keeping the current session"),
@@ -260,12 +262,12 @@ pub async fn watch_token(
 async fn serve_session(
     io: WsIo<Box<dyn Io>>,
     config: &AgentConfig,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: watch::Receiver<Arc<Dispatcher>>,
     drain: &CancellationToken,
     registered: Arc<tokio::sync::Notify>,
 ) -> String {
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let dispatcher = dispatcher.clone();
+        let dispatcher = dispatcher.borrow().clone();
         let info_request = req.uri().authority().map(|a| a.as_str())
             == Some(protocol::CONTROL_AUTHORITY)
             && req.uri().path() == protocol::CONTROL_INFO_PATH;

@@ -286,6 +286,8 @@ pub struct Agent {
     child: Child,
     pub log: Log,
     pub admin: SocketAddr,
+    /// Its configuration file (tests rewrite it and send SIGHUP).
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -326,6 +328,7 @@ impl Agent {
             child,
             log,
             admin: addr_after(&line, "admin="),
+            config,
             _dir: dir,
         }
     }

@@ -90,7 +90,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             number: 0,
             config: Arc::new(config),
             tls: relay_tls.clone(),
-            dispatcher,
+            // Never replaced: the swarm does not reload.
+            dispatcher: tokio::sync::watch::channel(dispatcher).1,
             sessions: sessions.clone(),
             token_changes: token_rx.clone(),
             tracker: tracker.clone(),
