@@ -101,12 +101,7 @@ impl Agent {
             None => audit::AuditLog::to_log(),
         });
         let dispatcher = Arc::new(Dispatcher::new(&config, secrets, audit)?);
-        let relay_roots = upstream::root_store(config.relay.ca_file.as_deref())?;
-        let mut relay_tls = match &config.relay.client_cert {
-            Some((cert, key)) => upstream::tls_client_config_with_cert(relay_roots, cert, key)?,
-            None => upstream::tls_client_config(relay_roots),
-        };
-        relay_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let relay_tls = relay_tls_config(&config)?;
         let admin = match config.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -195,6 +190,18 @@ impl Agent {
         tracker.close();
         tracker.wait().await;
     }
+}
+
+/// TLS towards the relay: system roots plus `[relay] ca_file`, the client
+/// certificate if configured, HTTP/1.1 (the WebSocket upgrade).
+pub fn relay_tls_config(config: &AgentConfig) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let roots = upstream::root_store(config.relay.ca_file.as_deref())?;
+    let mut tls = match &config.relay.client_cert {
+        Some((cert, key)) => upstream::tls_client_config_with_cert(roots, cert, key)?,
+        None => upstream::tls_client_config(roots),
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// What a SIGHUP needs to reload the configuration.
@@ -293,7 +300,7 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
 }
 
 /// An error and its sources, joined by `: `.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

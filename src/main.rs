@@ -8,10 +8,13 @@ use tether_agent::config::{AgentConfig, ProcessEnv};
 use tether_wire::cli::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| tether_wire::version_text(env!("CARGO_PKG_VERSION")));
+
 #[derive(Parser)]
 #[command(
     name = "tether-agent",
-    version,
+    version = VERSION.as_str(),
     about = "Tether agent: private services for a cloud portal, over an outbound WebSocket"
 )]
 struct Cli {
@@ -34,8 +37,10 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Validate the configuration, then read every secret from its store
-    /// (printing ok or the error per name, never a value).
+    /// Validate the configuration, then open a session with the relay,
+    /// read every secret from its store (printing ok or the error per
+    /// name, never a value) and send HEAD to every route's upstream. Exits
+    /// non-zero if anything fails.
     Check {
         /// Configuration file.
         #[arg(
@@ -48,12 +53,27 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tether_wire::cli::init_logging(cli.log_format);
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tether-agent",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Check { config, offline } => match AgentConfig::load(&config, &ProcessEnv) {
             Ok(c) => {
                 println!(
@@ -68,7 +88,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
                 match tokio::runtime::Runtime::new() {
-                    Ok(rt) => rt.block_on(check_secrets(&c)),
+                    Ok(rt) => rt.block_on(check_online(&c)),
                     Err(e) => {
                         eprintln!("tether-agent: cannot start the runtime: {e}");
                         ExitCode::FAILURE
@@ -101,11 +121,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads every configured secret once from its store; prints `ok` or the
-/// error per name, never a value.
-async fn check_secrets(config: &AgentConfig) -> ExitCode {
+/// The online part of `check`: opens a session with the relay (reachable,
+/// TLS verified, token accepted), reads every secret once from its store
+/// (printing `ok` or the error per name, never a value), and sends `HEAD`
+/// to each route's upstream (any HTTP answer counts as reachable).
+async fn check_online(config: &AgentConfig) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let secrets = match tether_agent::secrets::Secrets::new(
+    let mut failed = false;
+    let mut report = |ok: bool, line: String| {
+        failed |= !ok;
+        println!("{line}");
+    };
+
+    match tether_agent::relay_tls_config(config) {
+        Ok(tls) => match tether_agent::tunnel::probe(config, &std::sync::Arc::new(tls)).await {
+            Ok(()) => report(
+                true,
+                format!(
+                    "relay {}: ok (session opened, token accepted)",
+                    config.relay.url
+                ),
+            ),
+            Err(e) => report(false, format!("relay {}: error: {e}", config.relay.url)),
+        },
+        Err(e) => report(false, format!("relay {}: error: {e}", config.relay.url)),
+    }
+
+    match tether_agent::secrets::Secrets::new(
         &config.secrets,
         config.vault.as_ref(),
         config.aws.as_ref(),
@@ -113,22 +155,54 @@ async fn check_secrets(config: &AgentConfig) -> ExitCode {
     )
     .await
     {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tether-agent: secrets: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut failed = false;
-    for spec in &config.secrets {
-        match secrets.check(&spec.name).await {
-            Ok(()) => println!("secret {} ({}): ok", spec.name, spec.source.kind()),
-            Err(e) => {
-                failed = true;
-                println!("secret {} ({}): error: {e}", spec.name, spec.source.kind());
+        Ok(secrets) => {
+            for spec in &config.secrets {
+                match secrets.check(&spec.name).await {
+                    Ok(()) => report(
+                        true,
+                        format!("secret {} ({}): ok", spec.name, spec.source.kind()),
+                    ),
+                    Err(e) => report(
+                        false,
+                        format!("secret {} ({}): error: {e}", spec.name, spec.source.kind()),
+                    ),
+                }
             }
         }
+        Err(e) => report(false, format!("secrets: error: {e}")),
     }
+
+    let mut clients = tether_agent::upstream::Clients::default();
+    for route in config.routes.values() {
+        let url = format!("{}{}/", route.origin, route.base_path);
+        let result = match clients.get(route.ca_file.as_deref()) {
+            Ok(client) => {
+                let request = http::Request::head(url.as_str())
+                    .body(tether_wire::empty_body())
+                    .map_err(|e| e.to_string());
+                match request {
+                    Ok(request) => tokio::time::timeout(route.timeout, client.request(request))
+                        .await
+                        .map_err(|_| format!("no answer within {:?}", route.timeout))
+                        .and_then(|r| r.map_err(|e| tether_agent::error_chain(&e))),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(response) => report(
+                true,
+                format!(
+                    "route {} {url}: reachable (HEAD answered {})",
+                    route.name,
+                    response.status()
+                ),
+            ),
+            Err(e) => report(false, format!("route {} {url}: error: {e}", route.name)),
+        }
+    }
+
     if failed {
         ExitCode::FAILURE
     } else {

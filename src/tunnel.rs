@@ -305,6 +305,15 @@ async fn serve_session(
     }
 }
 
+/// Opens one session (TCP, proxy, TLS, token check, upgrade) and closes
+/// it: what `tether-agent check` reports on.
+pub async fn probe(config: &AgentConfig, tls: &Arc<rustls::ClientConfig>) -> Result<(), DialError> {
+    tokio::time::timeout(DIAL_TIMEOUT, dial(config, tls))
+        .await
+        .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
+        .map(drop)
+}
+
 /// One attempt: TCP, TLS if `wss`, WebSocket upgrade with our headers.
 async fn dial(
     config: &AgentConfig,

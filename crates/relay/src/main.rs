@@ -10,10 +10,13 @@ use tether_relay::store::Store;
 use tether_wire::cli::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| tether_wire::version_text(env!("CARGO_PKG_VERSION")));
+
 #[derive(Parser)]
 #[command(
     name = "tether-relay",
-    version,
+    version = VERSION.as_str(),
     about = "Tether relay: the cloud side of the tunnel"
 )]
 struct Cli {
@@ -46,6 +49,11 @@ enum Command {
         /// The admin listener to ask, if not `[listen] admin` of the config.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -117,6 +125,16 @@ enum KeysCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "tether-relay",
+            &mut std::io::stdout(),
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
     tether_wire::cli::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -141,6 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve => serve(config).await,
+        // Answered in main, before the runtime starts.
+        Command::Completions { .. } => Ok(()),
         Command::Tokens(TokensCommand::Create {
             account,
             name,

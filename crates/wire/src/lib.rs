@@ -26,6 +26,15 @@ pub mod protocol;
 pub mod serve;
 pub mod ws_io;
 
+/// The git revision the binaries were built from (`unknown` outside a
+/// checkout; `-modified` with uncommitted changes).
+pub const GIT_REVISION: &str = env!("TETHER_GIT_REVISION");
+
+/// `--version` text: `pkg_version` and the git revision.
+pub fn version_text(pkg_version: &str) -> String {
+    format!("{pkg_version} (git {GIT_REVISION})")
+}
+
 pub use problem::{ErrorCode, Problem};
 pub use ws_io::WsIo;
 
