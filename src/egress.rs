@@ -203,6 +203,13 @@ impl Cidr {
         (prefix <= max).then_some(Self { addr, prefix })
     }
 
+    /// Whether this network lies wholly inside `outer`.
+    pub fn within(&self, outer: &Cidr) -> bool {
+        self.addr.is_ipv4() == outer.addr.is_ipv4()
+            && self.prefix >= outer.prefix
+            && outer.contains(self.addr)
+    }
+
     /// Whether `ip` lies inside (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {

@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod egress;
+pub mod forward;
 pub mod metrics;
 pub mod policy;
 pub mod secret;
