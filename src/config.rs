@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tether_wire::protocol::valid_route_name;
 use toml::Spanned;
 
+use crate::forward::{Entry, ForwardPolicy};
 use crate::policy::{PathRule, RoutePolicy};
 use crate::secrets::config::{
     AwsSettings, RawAws, RawSecret, RawVault, SecretSpec, VaultSettings, validate_aws,
@@ -60,6 +61,19 @@ struct RawConfig {
     vault: Option<Spanned<RawVault>>,
     aws: Option<Spanned<RawAws>>,
     audit: Option<RawAudit>,
+    forward: Option<Spanned<RawForward>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    connect_ports: Option<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    headers: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +155,12 @@ pub struct AgentConfig {
     pub aws: Option<AwsSettings>,
     /// `[audit] file`: JSON lines appended there; the log stream otherwise.
     pub audit_file: Option<PathBuf>,
+    /// `[forward]`: targets `/v1/forward/…` may reach (off when `allow` is
+    /// empty).
+    pub forward: ForwardPolicy,
+    /// `[forward.headers."scheme://host[:port]"]`: headers set on requests
+    /// to that target (may use any secret).
+    pub forward_headers: ForwardHeaders,
 }
 
 /// `[relay]`.
@@ -439,6 +459,15 @@ impl AgentConfig {
                 .map_err(|(span, m)| at(span.unwrap_or(route_span), m))?;
             routes.insert(name.into_inner(), route);
         }
+        let (mut forward, forward_headers) = match raw.forward {
+            Some(f) => {
+                let span = f.span();
+                validate_forward(f.into_inner(), &secrets)
+                    .map_err(|(s, m)| at(s.unwrap_or(span), m))?
+            }
+            None => Default::default(),
+        };
+        forward.admin = admin_listen;
 
         Ok(Self {
             relay: RelaySettings {
@@ -465,6 +494,8 @@ impl AgentConfig {
             vault,
             aws,
             audit_file: raw.audit.and_then(|a| a.file),
+            forward,
+            forward_headers,
         })
     }
 }
@@ -474,6 +505,110 @@ impl AgentConfig {
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Headers the agent's own config sets (route `headers`, forward
+/// `headers`): names valid, placeholders naming configured secrets.
+fn validate_headers(
+    key: &str,
+    raw: &BTreeMap<Spanned<String>, Spanned<String>>,
+    secrets: &[SecretSpec],
+) -> Result<Vec<RouteHeader>, RouteError> {
+    let mut headers = Vec::new();
+    for (name, value) in raw {
+        let here = |m: String| (Some(value.span()), format!("{key}.{}: {m}", name.get_ref()));
+        let header_name = HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
+            (
+                Some(name.span()),
+                format!("{key}: {:?} is not a header name", name.get_ref()),
+            )
+        })?;
+        let template = Template::parse(value.get_ref()).map_err(|e| here(e.to_string()))?;
+        for secret in template.secrets() {
+            if !secrets.iter().any(|s| s.name == secret) {
+                return Err(here(format!(
+                    "unknown secret {secret:?} (no [secrets.{secret}])"
+                )));
+            }
+        }
+        let literal = if template.is_literal() {
+            Some(
+                HeaderValue::from_str(value.get_ref())
+                    .map_err(|_| here("invalid header value".into()))?,
+            )
+        } else {
+            None
+        };
+        headers.push(RouteHeader {
+            name: header_name,
+            template,
+            literal,
+        });
+    }
+    Ok(headers)
+}
+
+/// `[forward.headers."scheme://host[:port]"]`: headers per target origin.
+pub type ForwardHeaders = Vec<(Origin, Vec<RouteHeader>)>;
+
+/// `[forward]` validated: the policy, and the headers per target origin.
+fn validate_forward(
+    raw: RawForward,
+    secrets: &[SecretSpec],
+) -> Result<(ForwardPolicy, ForwardHeaders), RouteError> {
+    let entries = |list: &[Spanned<String>], key: &str| {
+        list.iter()
+            .map(|e| {
+                Entry::parse(e.get_ref())
+                    .map_err(|m| (Some(e.span()), format!("forward.{key}: {m}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow = entries(&raw.allow, "allow")?;
+    let deny = entries(&raw.deny, "deny")?;
+    let connect_ports = match raw.connect_ports {
+        Some(ports) => ports
+            .iter()
+            .map(|p| match *p.get_ref() {
+                1..=65535 => Ok(*p.get_ref() as u16),
+                _ => Err((
+                    Some(p.span()),
+                    "forward.connect_ports: 1 to 65535".to_owned(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => vec![443],
+    };
+    let mut headers = Vec::new();
+    for (origin, table) in &raw.headers {
+        let parsed = Origin::parse(origin.get_ref()).map_err(|m| {
+            (
+                Some(origin.span()),
+                format!("forward.headers.{:?}: {m}", origin.get_ref()),
+            )
+        })?;
+        let list = validate_headers(
+            &format!("forward.headers.{:?}", origin.get_ref()),
+            table,
+            secrets,
+        )?;
+        headers.push((parsed, list));
+    }
+    if allow.is_empty() && !headers.is_empty() {
+        return Err((
+            None,
+            "forward.headers without forward.allow: forward mode is off".into(),
+        ));
+    }
+    Ok((
+        ForwardPolicy {
+            allow,
+            deny,
+            connect_ports,
+            admin: None,
+        },
+        headers,
+    ))
+}
 
 type RouteError = (Option<std::ops::Range<usize>>, String);
 
@@ -531,45 +666,7 @@ fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<R
                 .map_err(|m| (Some(p.span()), format!("routes.{name}.paths: {m}")))?,
         );
     }
-    let mut headers = Vec::new();
-    for (key, value) in &raw.headers {
-        let here = |m: String| {
-            (
-                Some(value.span()),
-                format!("routes.{name}.headers.{}: {m}", key.get_ref()),
-            )
-        };
-        let header_name = HeaderName::from_bytes(key.get_ref().as_bytes()).map_err(|_| {
-            (
-                Some(key.span()),
-                format!(
-                    "routes.{name}.headers: {:?} is not a header name",
-                    key.get_ref()
-                ),
-            )
-        })?;
-        let template = Template::parse(value.get_ref()).map_err(|e| here(e.to_string()))?;
-        for secret in template.secrets() {
-            if !secrets.iter().any(|s| s.name == secret) {
-                return Err(here(format!(
-                    "unknown secret {secret:?} (no [secrets.{secret}])"
-                )));
-            }
-        }
-        let literal = if template.is_literal() {
-            Some(
-                HeaderValue::from_str(value.get_ref())
-                    .map_err(|_| here("invalid header value".into()))?,
-            )
-        } else {
-            None
-        };
-        headers.push(RouteHeader {
-            name: header_name,
-            template,
-            literal,
-        });
-    }
+    let headers = validate_headers(&format!("routes.{name}.headers"), &raw.headers, secrets)?;
     let timeout = raw.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     if timeout.is_zero() {
         return Err((None, format!("routes.{name}.timeout must be above zero")));

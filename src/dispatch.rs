@@ -20,7 +20,7 @@ use crate::audit::{self, AuditLog, AuditRecord, PendingRecord};
 use crate::config::{AgentConfig, Route};
 use crate::secret::SecretString;
 use crate::secrets::export::{self, Refusal};
-use crate::secrets::placeholder::Template;
+use crate::secrets::placeholder::{Origin, Template};
 use crate::secrets::{SecretError, Secrets};
 use crate::upstream::{Clients, TlsConfigError, UpstreamClient};
 
@@ -30,9 +30,18 @@ struct LiveRoute {
     client: UpstreamClient,
 }
 
+/// Forward mode, when `[forward] allow` is set.
+struct LiveForward {
+    policy: crate::forward::ForwardPolicy,
+    headers: crate::config::ForwardHeaders,
+    client: crate::upstream::ForwardClient,
+    pins: crate::upstream::Pins,
+}
+
 /// Serves the relay's requests; shared by all sessions.
 pub struct Dispatcher {
     routes: HashMap<String, LiveRoute>,
+    forward: Option<LiveForward>,
     info: AgentInfo,
     secrets: Arc<Secrets>,
     audit: Arc<AuditLog>,
@@ -65,6 +74,18 @@ impl Dispatcher {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tags: config.identity.tags.clone(),
             routes: config.routes.keys().cloned().collect(),
+            forward: config.forward.enabled(),
+        };
+        let forward = if config.forward.enabled() {
+            let pins = crate::upstream::Pins::default();
+            Some(LiveForward {
+                policy: config.forward.clone(),
+                headers: config.forward_headers.clone(),
+                client: crate::upstream::forward_client(pins.clone())?,
+                pins,
+            })
+        } else {
+            None
         };
         let rotation_target = match (&config.relay.token, config.relay.accept_rotation) {
             (crate::config::TokenSource::File(path), true) => Some(path.clone()),
@@ -72,6 +93,7 @@ impl Dispatcher {
         };
         Ok(Self {
             routes,
+            forward,
             info,
             secrets,
             audit,
@@ -101,6 +123,7 @@ impl Dispatcher {
         match req.uri().authority().map(|a| a.as_str()) {
             Some(protocol::CONTROL_AUTHORITY) => self.handle_control(req).await,
             Some(protocol::TUNNEL_AUTHORITY) => self.handle_relayed(req).await,
+            Some(protocol::FORWARD_AUTHORITY) => self.handle_forward(req).await,
             _ => Problem::new(ErrorCode::BadRequest, "unknown authority").into_response(),
         }
     }
@@ -286,6 +309,176 @@ impl Dispatcher {
             return fail(ErrorCode::BadRequest, "request target not usable".into());
         };
 
+        self.call_upstream(
+            req,
+            target,
+            route,
+            Upstream::Route(&live.client),
+            audit,
+            &request_id,
+        )
+        .await
+    }
+
+    /// `/{scheme}/{host[:port]}/{path…}` under the forward authority: the
+    /// target must pass `[forward]` (allow, deny) and every address its
+    /// name resolves to must pass the SSRF guard; the connection then goes
+    /// to those checked addresses only. Headers of
+    /// `[forward.headers."scheme://host[:port]"]` are set; caller
+    /// placeholders follow each secret's `callers` binding, as for routes.
+    async fn handle_forward(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        use crate::forward::{Host, Refusal};
+        let request_id = header_str(&req, th::REQUEST_ID).to_owned();
+        let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
+        let method = req.method().clone();
+        let mut audit = self.audit(&request_id, &caller, method.as_str());
+        audit.record.route = "forward".to_owned();
+        let fail = |code: ErrorCode, detail: String| {
+            Problem::new(code, detail)
+                .with_request_id(request_id.clone())
+                .into_response()
+        };
+        let Some(forward) = &self.forward else {
+            audit.log(StatusCode::NOT_FOUND, "no_such_route");
+            return fail(
+                ErrorCode::NoSuchRoute,
+                "forward mode is off on this agent".into(),
+            );
+        };
+        let path = req.uri().path().to_owned();
+        let mut parts = path.splitn(4, '/').skip(1);
+        let (scheme, hostport) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let rest = format!("/{}", parts.next().unwrap_or(""));
+        let default_port = match scheme {
+            "https" => 443,
+            "http" => 80,
+            _ => {
+                audit.log(StatusCode::BAD_REQUEST, "bad_request");
+                return fail(
+                    ErrorCode::BadRequest,
+                    "expected /v1/forward/{http|https}/{host[:port]}/{path}".into(),
+                );
+            }
+        };
+        let (host_text, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => match p.parse::<u16>() {
+                Ok(port) if port > 0 => (h, port),
+                _ => {
+                    audit.log(StatusCode::BAD_REQUEST, "bad_request");
+                    return fail(ErrorCode::BadRequest, format!("bad port in {hostport:?}"));
+                }
+            },
+            _ => (hostport, default_port),
+        };
+        let host = match Host::parse(host_text) {
+            Ok(h) => h,
+            Err(why) => {
+                audit.log(StatusCode::BAD_REQUEST, "bad_request");
+                return fail(ErrorCode::BadRequest, why);
+            }
+        };
+        let origin_text = format!("{scheme}://{}", host.authority(port));
+        audit.record.route = format!("forward {origin_text}");
+        audit.record.path.clone_from(&rest);
+        let denied = |audit: &mut Audit, why: String| {
+            audit.log(StatusCode::FORBIDDEN, "denied");
+            fail(ErrorCode::Denied, format!("forward: {why}"))
+        };
+        if let Err(refusal) = forward.policy.check_target(&host, port) {
+            return denied(&mut audit, refusal.to_string());
+        }
+        let path = match crate::policy::normalize(&rest) {
+            Ok(p) => p,
+            Err(why) => return denied(&mut audit, why.to_string()),
+        };
+        audit.record.path.clone_from(&path);
+        if let Host::Name(name) = &host {
+            let addrs: Vec<std::net::SocketAddr> =
+                match tokio::net::lookup_host((name.as_str(), port)).await {
+                    Ok(addrs) => addrs.collect(),
+                    Err(e) => {
+                        audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
+                        return fail(
+                            ErrorCode::UpstreamUnreachable,
+                            format!("forward: cannot resolve {name}: {e}"),
+                        );
+                    }
+                };
+            // Every address must pass: one forbidden answer among allowed
+            // ones is how DNS rebinding is usually tried.
+            if let Some(Err(Refusal::Address(why) | Refusal::Policy(why))) = addrs
+                .iter()
+                .map(|a| forward.policy.check_address(&host, *a))
+                .find(Result::is_err)
+            {
+                return denied(&mut audit, why);
+            }
+            forward
+                .pins
+                .set(name, addrs.iter().map(std::net::SocketAddr::ip).collect());
+        }
+        let Ok(target) = Origin::parse(&origin_text) else {
+            audit.log(StatusCode::BAD_REQUEST, "bad_request");
+            return fail(
+                ErrorCode::BadRequest,
+                format!("unusable target {origin_text:?}"),
+            );
+        };
+        let headers = forward
+            .headers
+            .iter()
+            .find(|(o, _)| *o == target)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default();
+        let uri = match req.uri().query() {
+            Some(q) => format!("{origin_text}{path}?{q}"),
+            None => format!("{origin_text}{path}"),
+        };
+        let Ok(uri) = uri.parse::<Uri>() else {
+            audit.log(StatusCode::BAD_REQUEST, "bad_request");
+            return fail(ErrorCode::BadRequest, "request target not usable".into());
+        };
+        let route = Route {
+            name: format!("forward {origin_text}"),
+            origin: origin_text,
+            target,
+            base_path: String::new(),
+            policy: crate::policy::RoutePolicy::new(Vec::new(), Vec::new()),
+            headers,
+            ca_file: None,
+            timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
+            keys: None,
+        };
+        self.call_upstream(
+            req,
+            uri,
+            &route,
+            Upstream::Forward(&forward.client),
+            audit,
+            &request_id,
+        )
+        .await
+    }
+
+    /// Header hygiene, caller placeholders, the route's (or forward
+    /// target's) headers with their secrets, then the upstream call with
+    /// the deadline on the response head; the response streams back and
+    /// its audit line is written when its body ends.
+    async fn call_upstream(
+        &self,
+        req: Request<Incoming>,
+        target: Uri,
+        route: &Route,
+        client: Upstream<'_>,
+        mut audit: Audit,
+        request_id: &str,
+    ) -> Response<BoxBody> {
+        let route_name = route.name.as_str();
+        let fail = |code: ErrorCode, detail: String| {
+            Problem::new(code, detail)
+                .with_request_id(request_id.to_owned())
+                .into_response()
+        };
         let (mut parts, body) = req.into_parts();
         parts.uri = target;
         parts.version = http::Version::HTTP_11;
@@ -334,7 +527,7 @@ impl Dispatcher {
         );
         let upstream_req = Request::from_parts(parts, body.boxed());
 
-        let response = tokio::time::timeout(route.timeout, live.client.request(upstream_req)).await;
+        let response = tokio::time::timeout(route.timeout, client.request(upstream_req)).await;
         let response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -364,6 +557,23 @@ impl Dispatcher {
             Some(pending),
         );
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// The pooled client a request goes out on.
+enum Upstream<'a> {
+    /// A route's.
+    Route(&'a UpstreamClient),
+    /// Forward mode's (addresses pinned by the SSRF check).
+    Forward(&'a crate::upstream::ForwardClient),
+}
+
+impl Upstream<'_> {
+    fn request(&self, req: Request<BoxBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::Route(c) => c.request(req),
+            Self::Forward(c) => c.request(req),
+        }
     }
 }
 

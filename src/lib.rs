@@ -82,7 +82,7 @@ pub struct Agent {
 
 impl Agent {
     /// Builds clients and trust stores and binds the admin listener.
-    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+    pub async fn start(mut config: AgentConfig) -> Result<Self, AgentError> {
         // vaultrs' HTTP client takes rustls' process-wide provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let secrets = Arc::new(
@@ -101,8 +101,6 @@ impl Agent {
             })?,
             None => audit::AuditLog::to_log(),
         });
-        let dispatcher = Arc::new(Dispatcher::new(&config, secrets, audit)?);
-        let relay_tls = relay_tls_config(&config)?;
         let admin = match config.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -111,6 +109,12 @@ impl Agent {
             ),
             None => None,
         };
+        // Forward mode never reaches the admin listener: the bound address.
+        if let Some(addr) = admin.as_ref().and_then(|l| l.local_addr().ok()) {
+            config.forward.admin = Some(addr);
+        }
+        let dispatcher = Arc::new(Dispatcher::new(&config, secrets, audit)?);
+        let relay_tls = relay_tls_config(&config)?;
         if config.relay.url.scheme_str() == Some("ws") {
             tracing::warn!(url = %config.relay.url,
                 "relay URL is ws:// — traffic to the relay is not encrypted");
@@ -273,6 +277,7 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
     }
     new.relay = running.relay.clone();
     new.identity = running.identity.clone();
+    new.forward.admin = running.forward.admin;
     let secrets = match secrets::Secrets::new(
         &new.secrets,
         new.vault.as_ref(),

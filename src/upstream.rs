@@ -144,3 +144,83 @@ fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError
         .retry_canceled_requests(true)
         .build(connector))
 }
+
+/// Addresses the forward handler resolved and checked, by hostname: the
+/// only addresses the forward client connects to (it never looks a name
+/// up itself, so DNS cannot change between the check and the connect).
+#[derive(Clone, Default)]
+pub struct Pins(Arc<std::sync::Mutex<HashMap<String, Vec<std::net::IpAddr>>>>);
+
+impl Pins {
+    /// Records the checked addresses of `host`.
+    pub fn set(&self, host: &str, addrs: Vec<std::net::IpAddr>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(host.to_owned(), addrs);
+    }
+
+    fn get(&self, host: &str) -> Vec<std::net::IpAddr> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(host).cloned().unwrap_or_default()
+    }
+}
+
+/// The forward client's resolver: answers from [`Pins`] only.
+#[derive(Clone)]
+pub struct PinnedResolver(Pins);
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for PinnedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let addrs: Vec<std::net::SocketAddr> = self
+            .0
+            .get(name.as_str())
+            .into_iter()
+            .map(|ip| std::net::SocketAddr::new(ip, 0))
+            .collect();
+        std::future::ready(if addrs.is_empty() {
+            Err(std::io::Error::other(format!(
+                "{} has no checked address",
+                name.as_str()
+            )))
+        } else {
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// The client forward mode uses: system roots, addresses from `pins`.
+pub type ForwardClient = Client<HttpsConnector<HttpConnector<PinnedResolver>>, BoxBody>;
+
+/// Builds the forward client over `pins`.
+pub fn forward_client(pins: Pins) -> Result<ForwardClient, TlsConfigError> {
+    let tls = tls_client_config(root_store(None)?);
+    let mut http = HttpConnector::new_with_resolver(PinnedResolver(pins));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .retry_canceled_requests(true)
+        .build(connector))
+}

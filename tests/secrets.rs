@@ -58,7 +58,9 @@ fn metric(text: &str, name: &str, secret: &str) -> u64 {
         .unwrap_or_else(|| panic!("{prefix} not in metrics:\n{text}"))
 }
 
-#[tokio::test]
+// Multi-threaded: `check` runs as a blocking child while this runtime
+// serves the upstream it probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_kv2_and_aws_json_key_are_injected_into_route_headers_and_never_logged() {
     let bao = OpenBao::start().await;
     bao.put_kv2("ci/jenkins", json!({ "token": "jk-SECRET-1" }))

@@ -172,6 +172,12 @@ impl Call {
                         ),
                     );
                 }
+                Err(SelectError::NoSuchRoute) if route == Some(protocol::FORWARD_AUTHORITY) => {
+                    return self.fail(
+                        ErrorCode::NoSuchRoute,
+                        "no connected agent serves forward mode ([forward] allow)",
+                    );
+                }
                 Err(SelectError::NoSuchRoute) => {
                     return self.fail(
                         ErrorCode::NoSuchRoute,
@@ -244,7 +250,9 @@ impl Call {
     }
 }
 
-/// Handles a caller request under `/v1/routes/`.
+/// Handles a caller request under `/v1/routes/` (a named route) or
+/// `/v1/forward/` (forward mode: `{scheme}/{host[:port]}/{path…}`, to an
+/// agent that serves it, which decides whether the target is allowed).
 pub(crate) async fn handle_route(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -258,10 +266,22 @@ pub(crate) async fn handle_route(
         Ok(caller) => caller,
         Err(problem) => return call.respond(problem),
     };
-    let Some((route, _)) = protocol::split_route_path(req.uri().path()) else {
-        return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
-    };
-    let route = route.to_owned();
+    // What the agent needs: a route it serves, or forward mode; and the
+    // stream's authority and path.
+    let path = req.uri().path();
+    let (route, authority, forward_path) =
+        if let Some(rest) = path.strip_prefix(protocol::FORWARD_PREFIX) {
+            (
+                protocol::FORWARD_AUTHORITY.to_owned(),
+                protocol::FORWARD_AUTHORITY,
+                Some(format!("/{rest}")),
+            )
+        } else {
+            let Some((route, _)) = protocol::split_route_path(path) else {
+                return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
+            };
+            (route.to_owned(), protocol::TUNNEL_AUTHORITY, None)
+        };
     let selector = selector(req.headers());
 
     let cap = state.config.limits.max_body_bytes;
@@ -280,15 +300,16 @@ pub(crate) async fn handle_route(
     }
 
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let Ok(uri) = Uri::try_from(format!(
-        "http://{}{path_and_query}",
-        protocol::TUNNEL_AUTHORITY
-    )) else {
+    let path_and_query = match (&forward_path, parts.uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+    };
+    let Ok(uri) = Uri::try_from(format!("http://{authority}{path_and_query}")) else {
         return call.fail(ErrorCode::BadRequest, "unusable request target");
     };
     parts.uri = uri;

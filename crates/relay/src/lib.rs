@@ -250,7 +250,7 @@ async fn handle_public(
     if path == protocol::CONNECT_PATH {
         return session::handle_connect(state, req, remote).await;
     }
-    if path.starts_with(protocol::ROUTES_PREFIX) {
+    if path.starts_with(protocol::ROUTES_PREFIX) || path.starts_with(protocol::FORWARD_PREFIX) {
         let response = ingress::handle_route(state.clone(), req, remote).await;
         state.metrics.request(response.status());
         return response;

@@ -157,7 +157,7 @@ pub fn choose<'a, C: Candidate>(
     let mut ties = 0u32;
     for c in matching.by_ref() {
         any_matching = true;
-        if route.is_some_and(|r| !c.info().routes.iter().any(|x| x == r)) {
+        if route.is_some_and(|r| !serves(c.info(), r)) {
             continue;
         }
         any_serving = true;
@@ -184,6 +184,16 @@ pub fn choose<'a, C: Candidate>(
         None if any_serving => Err(SelectError::Busy),
         None if any_matching => Err(SelectError::NoSuchRoute),
         None => Err(SelectError::NoAgent),
+    }
+}
+
+/// Whether an agent serves `route`: a route name, or forward mode (the
+/// forward authority, which no route name can equal).
+fn serves(info: &AgentInfo, route: &str) -> bool {
+    if route == tether_wire::protocol::FORWARD_AUTHORITY {
+        info.forward
+    } else {
+        info.routes.iter().any(|x| x == route)
     }
 }
 
@@ -296,6 +306,7 @@ mod tests {
                 version: "0".into(),
                 tags: tags.iter().map(|s| s.to_string()).collect(),
                 routes: routes.iter().map(|s| s.to_string()).collect(),
+                forward: false,
             },
             load,
         )

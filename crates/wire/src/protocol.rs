@@ -96,7 +96,17 @@ pub struct AgentInfo {
     /// Names of the routes this agent serves, so that the relay can answer
     /// `no_such_route` without a round trip.
     pub routes: Vec<String>,
+    /// Whether it serves forward mode (`[forward] allow` is not empty).
+    #[serde(default)]
+    pub forward: bool,
 }
+
+/// Authority of forward-mode streams; the path is
+/// `/{scheme}/{host[:port]}/{path…}`.
+pub const FORWARD_AUTHORITY: &str = "forward.tether.invalid";
+
+/// Prefix of the caller API for forward mode.
+pub const FORWARD_PREFIX: &str = "/v1/forward/";
 
 /// Prefix of the caller API that relays to a named route.
 pub const ROUTES_PREFIX: &str = "/v1/routes/";
