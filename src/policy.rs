@@ -330,8 +330,16 @@ mod tests {
         let path = "/x/a".repeat(4);
         assert!(rule.matches(&path));
         assert!(PathRule::parse("/**/**").unwrap().matches("/"));
-        assert!(PathRule::parse("/api/**/json").unwrap().matches("/api/json"));
-        assert!(PathRule::parse("/api/**/json").unwrap().matches("/api/a/b/json"));
+        assert!(
+            PathRule::parse("/api/**/json")
+                .unwrap()
+                .matches("/api/json")
+        );
+        assert!(
+            PathRule::parse("/api/**/json")
+                .unwrap()
+                .matches("/api/a/b/json")
+        );
         assert!(!PathRule::parse("/api/*/json").unwrap().matches("/api/json"));
     }
 }
