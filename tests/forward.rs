@@ -1,15 +1,57 @@
 //! Forward mode through the real binaries: `/v1/forward/{scheme}/{host}/…`
 //! reaches only what the agent's `[forward]` lists admit, never the
 //! agent's admin listener or a special address a name resolves to, with
-//! the agent's own headers for that target. Only 127.0.0.1 is ever
-//! contacted: every refusal here happens before a connection.
+//! the agent's own headers for that target.
+//!
+//! Each test re-runs itself inside a network namespace of its own that has
+//! nothing but loopback (`unshare --net`), relay, agent and upstream
+//! included: a broken guard cannot send a packet off the machine, even to
+//! the metadata address these tests aim at.
 
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
+
+/// Whether this process is the isolated re-run. If not, runs the test
+/// `name` again in a new user + network namespace (loopback only, brought
+/// up) and asserts it passed there.
+fn in_own_netns(name: &str) -> bool {
+    if std::env::var_os("TETHER_TEST_NETNS").is_some() {
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(
+            links.lines().all(|l| l.contains(": lo:")),
+            "expected loopback only: {links}"
+        );
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--net", "--", "sh", "-c"])
+        .arg(r#"ip link set lo up && exec "$0" --exact "$1" --nocapture"#)
+        .arg(&exe)
+        .arg(name)
+        .env("TETHER_TEST_NETNS", "1")
+        .status()
+        .expect("unshare (util-linux) and ip (iproute2) are needed");
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace"
+    );
+    false
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 fn agent_with_forward(relay: &Relay, token: &str, forward: &str) -> Agent {
     Agent::spawn(
@@ -37,8 +79,16 @@ async fn call(relay: &Relay, key: &str, path: &str) -> (StatusCode, String, serd
     )
 }
 
-#[tokio::test]
-async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest() {
+#[test]
+fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest() {
+    if in_own_netns("forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest") {
+        runtime().block_on(
+            forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest_body(),
+        );
+    }
+}
+
+async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest_body() {
     let relay = Relay::start("");
     let upstream = Upstream::start().await;
     let (token, key) = (relay.token("acme"), relay.key("acme"));
@@ -108,8 +158,14 @@ async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest
     );
 }
 
-#[tokio::test]
-async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr() {
+#[test]
+fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr() {
+    if in_own_netns("a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr") {
+        runtime().block_on(a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body());
+    }
+}
+
+async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() {
     let relay = Relay::start("");
     let upstream = Upstream::start().await;
     let (token, key) = (relay.token("acme"), relay.key("acme"));
@@ -126,6 +182,10 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr() {
         format!("0177.0.0.1:{port}"),
         format!("[::ffff:127.0.0.1]:{port}"),
         "10.9.1.1".to_owned(),
+        "169.254.169.254".to_owned(),
+        "[fd00:ec2::254]".to_owned(),
+        "100.100.100.200".to_owned(),
+        "0.0.0.0".to_owned(),
     ] {
         let (status, code, _) =
             call(&relay, &key, &format!("/v1/forward/http/{target}/echo")).await;
@@ -138,8 +198,14 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr() {
     assert_eq!(upstream.count().await, 0);
 }
 
-#[tokio::test]
-async fn an_agent_without_forward_is_never_chosen_and_star_is_refused() {
+#[test]
+fn an_agent_without_forward_is_never_chosen_and_star_is_refused() {
+    if in_own_netns("an_agent_without_forward_is_never_chosen_and_star_is_refused") {
+        runtime().block_on(an_agent_without_forward_is_never_chosen_and_star_is_refused_body());
+    }
+}
+
+async fn an_agent_without_forward_is_never_chosen_and_star_is_refused_body() {
     let relay = Relay::start("");
     let (token, key) = (relay.token("acme"), relay.key("acme"));
     let _agent = agent_with_forward(&relay, &token, "");
@@ -167,5 +233,37 @@ async fn an_agent_without_forward_is_never_chosen_and_star_is_refused() {
     assert!(
         err.contains("agent.toml:8:") && err.contains("admits every host"),
         "{err}"
+    );
+}
+
+#[test]
+fn redirects_are_returned_to_the_caller_not_followed() {
+    if in_own_netns("redirects_are_returned_to_the_caller_not_followed") {
+        runtime().block_on(redirects_body());
+    }
+}
+
+async fn redirects_body() {
+    let relay = Relay::start("");
+    let upstream = Upstream::start().await;
+    let (token, key) = (relay.token("acme"), relay.key("acme"));
+    let _agent = agent_with_forward(&relay, &token, "[forward]\nallow = [\"127.0.0.1/32\"]\n");
+    relay.wait_sessions(2).await;
+    let auth = format!("Bearer {key}");
+    let (status, headers, _) = get(
+        &relay.url(&format!(
+            "/v1/forward/http/127.0.0.1:{}/redirect/169.254.169.254",
+            upstream.addr.port()
+        )),
+        &[("proxy-authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "http://169.254.169.254/");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        upstream.count().await,
+        1,
+        "one request, the redirect not followed"
     );
 }

@@ -8,6 +8,7 @@
 //! | `/sse/{n}` | `n` server-sent events, 200 ms apart (tests that nothing buffers) |
 //! | `/trailers` | a body followed by the trailer `x-checksum: done` |
 //! | `/status/{code}` | that status, empty body |
+//! | `/redirect/{host}` | `302` to `http://{host}/` (tests that redirects are passed on, not followed) |
 //! | `/__count` | how many requests this server answered before (not counted) |
 //! | anything else | a JSON echo of method, path, query, headers and body (first 64 KiB) |
 
@@ -103,6 +104,13 @@ async fn handle(req: Request<Incoming>, served: Arc<AtomicU64>) -> Response<BoxB
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
         ),
+        "redirect" => {
+            let mut r = status(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{arg}/")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
         _ => echo(req).await,
     }
 }
