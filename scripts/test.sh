@@ -26,6 +26,9 @@ export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCES
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v age >/dev/null 2>&1 || missing+=(age)
+# Forward-mode tests run in a network namespace of their own.
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} (apt)"
