@@ -120,6 +120,9 @@ impl Dispatcher {
 
     /// Handles one stream.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        if req.method() == http::Method::CONNECT {
+            return self.handle_connect(req).await;
+        }
         match req.uri().authority().map(|a| a.as_str()) {
             Some(protocol::CONTROL_AUTHORITY) => self.handle_control(req).await,
             Some(protocol::TUNNEL_AUTHORITY) => self.handle_relayed(req).await,
@@ -327,7 +330,7 @@ impl Dispatcher {
     /// `[forward.headers."scheme://host[:port]"]` are set; caller
     /// placeholders follow each secret's `callers` binding, as for routes.
     async fn handle_forward(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        use crate::forward::{Host, Refusal};
+        use crate::forward::Host;
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let method = req.method().clone();
@@ -393,29 +396,16 @@ impl Dispatcher {
         };
         audit.record.path.clone_from(&path);
         if let Host::Name(name) = &host {
-            let addrs: Vec<std::net::SocketAddr> =
-                match tokio::net::lookup_host((name.as_str(), port)).await {
-                    Ok(addrs) => addrs.collect(),
-                    Err(e) => {
-                        audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
-                        return fail(
-                            ErrorCode::UpstreamUnreachable,
-                            format!("forward: cannot resolve {name}: {e}"),
-                        );
-                    }
-                };
-            // Every address must pass: one forbidden answer among allowed
-            // ones is how DNS rebinding is usually tried.
-            if let Some(Err(Refusal::Address(why) | Refusal::Policy(why))) = addrs
-                .iter()
-                .map(|a| forward.policy.check_address(&host, *a))
-                .find(Result::is_err)
-            {
-                return denied(&mut audit, why);
+            match Self::checked_addresses(&forward.policy, &host, port).await {
+                Ok(addrs) => forward
+                    .pins
+                    .set(name, addrs.iter().map(std::net::SocketAddr::ip).collect()),
+                Err((ErrorCode::Denied, why)) => return denied(&mut audit, why),
+                Err((code, why)) => {
+                    audit.log(code.status(), code.as_str());
+                    return fail(code, format!("forward: {why}"));
+                }
             }
-            forward
-                .pins
-                .set(name, addrs.iter().map(std::net::SocketAddr::ip).collect());
         }
         let Ok(target) = Origin::parse(&origin_text) else {
             audit.log(StatusCode::BAD_REQUEST, "bad_request");
@@ -458,6 +448,126 @@ impl Dispatcher {
             &request_id,
         )
         .await
+    }
+
+    /// Resolves `host` (a name) and checks every address with the SSRF
+    /// guard; the checked addresses, or why none may be used.
+    async fn checked_addresses(
+        policy: &crate::forward::ForwardPolicy,
+        host: &crate::forward::Host,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, (ErrorCode, String)> {
+        use crate::forward::{Host, Refusal};
+        let addrs: Vec<std::net::SocketAddr> = match host {
+            Host::Ip(ip) => vec![std::net::SocketAddr::new(*ip, port)],
+            Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map_err(|e| {
+                    (
+                        ErrorCode::UpstreamUnreachable,
+                        format!("cannot resolve {name}: {e}"),
+                    )
+                })?
+                .collect(),
+        };
+        // Every address must pass: one forbidden answer among allowed ones
+        // is how DNS rebinding is usually tried.
+        for addr in &addrs {
+            if let Err(Refusal::Address(why) | Refusal::Policy(why)) =
+                policy.check_address(host, *addr)
+            {
+                return Err((ErrorCode::Denied, why));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// `CONNECT host:port` from the relay's proxy listener: allowed only to
+    /// a forward target on one of `connect_ports`, every address checked;
+    /// the TCP connection goes to a checked address and bytes are copied
+    /// both ways (end-to-end TLS: nothing is injected).
+    async fn handle_connect(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
+        use crate::forward::Host;
+        let request_id = header_str(&req, th::REQUEST_ID).to_owned();
+        let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
+        let mut audit = self.audit(&request_id, &caller, "CONNECT");
+        audit.record.route = "connect".to_owned();
+        let fail = |audit: &mut Audit, code: ErrorCode, detail: String| {
+            audit.log(code.status(), code.as_str());
+            Problem::new(code, detail)
+                .with_request_id(request_id.clone())
+                .into_response()
+        };
+        let Some(forward) = &self.forward else {
+            return fail(
+                &mut audit,
+                ErrorCode::NoSuchRoute,
+                "forward mode is off on this agent".into(),
+            );
+        };
+        let Some((host_text, port)) = req
+            .uri()
+            .authority()
+            .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
+        else {
+            return fail(
+                &mut audit,
+                ErrorCode::BadRequest,
+                "CONNECT needs host:port".into(),
+            );
+        };
+        let host = match Host::parse(&host_text) {
+            Ok(h) => h,
+            Err(why) => return fail(&mut audit, ErrorCode::BadRequest, why),
+        };
+        audit.record.route = format!("connect {}", host.authority(port));
+        if !forward.policy.connect_ports.contains(&port) {
+            return fail(
+                &mut audit,
+                ErrorCode::Denied,
+                format!("CONNECT to port {port}: not in forward.connect_ports"),
+            );
+        }
+        if let Err(refusal) = forward.policy.check_target(&host, port) {
+            return fail(&mut audit, ErrorCode::Denied, format!("forward: {refusal}"));
+        }
+        let addrs = match Self::checked_addresses(&forward.policy, &host, port).await {
+            Ok(a) => a,
+            Err((code, why)) => return fail(&mut audit, code, format!("forward: {why}")),
+        };
+        let mut tcp = None;
+        for addr in &addrs {
+            if let Ok(Ok(stream)) = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                tcp = Some(stream);
+                break;
+            }
+        }
+        let Some(mut tcp) = tcp else {
+            return fail(
+                &mut audit,
+                ErrorCode::UpstreamUnreachable,
+                format!("cannot connect to {}", host.authority(port)),
+            );
+        };
+        let _ = tcp.set_nodelay(true);
+        let upgrade = hyper::upgrade::on(&mut req);
+        audit.log(StatusCode::OK, "allowed");
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let result = tokio::io::copy_bidirectional(&mut io, &mut tcp).await;
+                    tracing::debug!(%request_id, ?result, "CONNECT tunnel closed");
+                }
+                Err(e) => tracing::debug!(%request_id, error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        Response::new(tether_wire::empty_body())
     }
 
     /// Header hygiene, caller placeholders, the route's (or forward

@@ -267,3 +267,157 @@ async fn redirects_body() {
         "one request, the redirect not followed"
     );
 }
+
+/// Runs `program args…` off the async runtime, without proxy settings from
+/// the environment; its exit success and stdout+stderr.
+async fn run(program: &str, args: Vec<String>, env: Vec<(&'static str, String)>) -> (bool, String) {
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&program)
+            .args(&args)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .envs(env)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn proxy_listener_serves_absolute_form_and_connect_to_curl_and_a_library() {
+    if in_own_netns("proxy_listener_serves_absolute_form_and_connect_to_curl_and_a_library") {
+        runtime().block_on(proxy_listener_body());
+    }
+}
+
+async fn proxy_listener_body() {
+    let relay = Relay::start_with_proxy("");
+    let upstream = Upstream::start().await;
+    let (token, key) = (relay.token("acme"), relay.key("acme"));
+    let port = upstream.addr.port();
+    let agent = agent_with_forward(
+        &relay,
+        &token,
+        &format!(
+            "[forward]\nallow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\n\
+             [forward.headers.\"http://127.0.0.1:{port}\"]\nX-Injected = \"Bearer ${{{{ secrets.tok }}}}\"\n"
+        ),
+    );
+    relay.wait_sessions(2).await;
+    let proxy = format!("http://{}", relay.proxy.unwrap());
+    let target = format!("http://127.0.0.1:{port}/echo/through");
+
+    // curl, absolute form, Basic with the key as password: injected header.
+    let (ok, out) = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-x".into(),
+            proxy.clone(),
+            "--proxy-user".into(),
+            format!("portal:{key}"),
+            target.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["path"], "/echo/through");
+    assert_eq!(doc["headers"]["x-injected"][0], "Bearer injected-secret");
+    assert!(doc["headers"].get("proxy-authorization").is_none());
+
+    // curl, CONNECT tunnel (-p): end to end, nothing injected.
+    let (ok, out) = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-p".into(),
+            "-x".into(),
+            proxy.clone(),
+            "--proxy-header".into(),
+            format!("Proxy-Authorization: Bearer {key}"),
+            target.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["path"], "/echo/through");
+    assert!(
+        doc["headers"].get("x-injected").is_none(),
+        "nothing injected into a tunnel"
+    );
+
+    // CONNECT to a port outside connect_ports (the agent's admin port): refused.
+    let (ok, out) = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-p".into(),
+            "-x".into(),
+            proxy.clone(),
+            "--proxy-user".into(),
+            format!("portal:{key}"),
+            format!("http://127.0.0.1:{}/metrics", agent.admin.port()),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(!ok && out.contains("403"), "{out}");
+
+    // No key: 407 with a challenge.
+    let (_, out) = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-i".into(),
+            "-x".into(),
+            proxy.clone(),
+            target.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 407"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic"),
+        "{out}"
+    );
+    assert!(out.contains("proxy_auth_required"), "{out}");
+
+    // A plain HTTP library honouring HTTP_PROXY (Python's urllib).
+    let authed = format!("http://portal:{key}@{}", relay.proxy.unwrap());
+    let (ok, out) = run(
+        "python3",
+        vec![
+            "-c".into(),
+            format!(
+                "import urllib.request; print(urllib.request.urlopen('{target}').read().decode())"
+            ),
+        ],
+        vec![("HTTP_PROXY", authed)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"/echo/through\"") && out.contains("injected-secret"),
+        "{out}"
+    );
+}

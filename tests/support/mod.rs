@@ -103,6 +103,8 @@ pub struct Relay {
     pub log: Log,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The forward-proxy listener, when started with one.
+    pub proxy: Option<SocketAddr>,
     pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -116,6 +118,15 @@ impl Relay {
     /// Starts a relay on the store at `store_url` (its own SQLite file if
     /// `None`).
     pub fn start_on(extra: &str, store_url: Option<&str>) -> Self {
+        Self::start_full(extra, store_url, false)
+    }
+
+    /// Starts a relay with a forward-proxy listener too.
+    pub fn start_with_proxy(extra: &str) -> Self {
+        Self::start_full(extra, None, true)
+    }
+
+    fn start_full(extra: &str, store_url: Option<&str>, proxy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("relay.toml");
         let store = store_url.map_or_else(
@@ -125,8 +136,9 @@ impl Relay {
         std::fs::write(
             &config,
             format!(
-                "drain_timeout = \"2s\"\n{extra}\n[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-                 [store]\nurl = \"{store}\"\n"
+                "drain_timeout = \"2s\"\n{extra}\n[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
+                 [store]\nurl = \"{store}\"\n",
+                if proxy { "proxy = \"127.0.0.1:0\"\n" } else { "" }
             ),
         )
         .unwrap();
@@ -138,6 +150,7 @@ impl Relay {
             log,
             public: addr_after(&line, "public="),
             admin: addr_after(&line, "admin="),
+            proxy: proxy.then(|| addr_after(&line, "proxy=")),
             config,
             _dir: dir,
         }

@@ -68,6 +68,10 @@ pub struct ListenConfig {
     /// by default because it is not meant to face the internet.
     #[serde(default = "default_admin")]
     pub admin: Option<SocketAddr>,
+    /// A standard HTTP forward-proxy listener (absolute-form requests and
+    /// CONNECT), for portal backends that speak `HTTPS_PROXY`. Off unless
+    /// set.
+    pub proxy: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -75,6 +79,7 @@ impl Default for ListenConfig {
         Self {
             public: default_public(),
             admin: default_admin(),
+            proxy: None,
         }
     }
 }

@@ -26,12 +26,12 @@ use crate::credential::{self, Kind};
 use crate::registry::{InFlight, SelectError};
 
 /// One caller request's id, and its problem answers.
-struct Call {
-    request_id: String,
+pub(crate) struct Call {
+    pub(crate) request_id: String,
 }
 
 impl Call {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             request_id: new_request_id(),
         }
@@ -50,11 +50,11 @@ impl Call {
     }
 
     /// A problem response carrying the request id (body and header).
-    fn fail(&self, code: ErrorCode, detail: &str) -> Response<BoxBody> {
+    pub(crate) fn fail(&self, code: ErrorCode, detail: &str) -> Response<BoxBody> {
         self.respond(self.problem(code, detail))
     }
 
-    fn stamp(&self, headers: &mut http::HeaderMap) {
+    pub(crate) fn stamp(&self, headers: &mut http::HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
             headers.insert(th::REQUEST_ID, v);
         }
@@ -240,7 +240,7 @@ impl Call {
     }
 
     /// The headers the relay adds to everything it sends an agent.
-    fn tag(&self, headers: &mut http::HeaderMap, caller: &Identity) {
+    pub(crate) fn tag(&self, headers: &mut http::HeaderMap, caller: &Identity) {
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
             headers.insert(th::REQUEST_ID, v);
         }
@@ -452,7 +452,7 @@ async fn wait_for_session(
 }
 
 /// The caller's `Tether-Selector` tags.
-fn selector(headers: &http::HeaderMap) -> Vec<String> {
+pub(crate) fn selector(headers: &http::HeaderMap) -> Vec<String> {
     headers
         .get(th::SELECTOR)
         .and_then(|v| v.to_str().ok())

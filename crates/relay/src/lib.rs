@@ -26,6 +26,7 @@ pub mod credential;
 mod ingress;
 pub mod limiter;
 pub mod metrics;
+mod proxy;
 pub mod registry;
 mod session;
 pub mod store;
@@ -92,6 +93,7 @@ pub struct Relay {
     state: Arc<State>,
     public: TcpListener,
     admin: Option<TcpListener>,
+    proxy: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -120,6 +122,10 @@ impl Relay {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let proxy = match config.listen.proxy {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let state = Arc::new(State {
             auth: Authenticator::new(store),
             registry: Arc::new(Registry::new()),
@@ -139,8 +145,14 @@ impl Relay {
             state,
             public,
             admin,
+            proxy,
             tls,
         })
+    }
+
+    /// Address of the forward-proxy listener, if any.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Address of the public listener.
@@ -195,8 +207,24 @@ impl Relay {
                 .await;
             }
         };
+        let proxy = async {
+            if let Some(listener) = self.proxy {
+                let proxy_state = state.clone();
+                serve::serve(
+                    listener,
+                    None,
+                    options.clone(),
+                    serve::handler(move |req, remote| {
+                        proxy::handle(proxy_state.clone(), req, remote)
+                    }),
+                    state.shutdown.clone(),
+                    state.tracker.clone(),
+                )
+                .await;
+            }
+        };
         let watcher = watcher::run(state.clone());
-        tokio::join!(public, admin, watcher);
+        tokio::join!(public, admin, proxy, watcher);
         state.draining.store(true, Ordering::Relaxed);
         state.tracker.close();
         let drained = tokio::time::timeout(

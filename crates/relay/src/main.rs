@@ -330,6 +330,7 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
     tracing::info!(
         public = %relay.public_addr(),
         admin = ?relay.admin_addr(),
+        proxy = ?relay.proxy_addr(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );

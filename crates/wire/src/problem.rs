@@ -193,6 +193,12 @@ impl Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.code == ErrorCode::ProxyAuthRequired {
+            response.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tether\", Bearer"),
+            );
+        }
         if self.code == ErrorCode::RateLimited {
             // Every budget we keep refills within a second.
             response
