@@ -53,11 +53,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// An agent with `forward` config and two secrets: `tok` (agent-owned
+/// headers only) and `placed`, which callers may put in `X-Caller`
+/// towards `placed_target` only.
 fn agent_with_forward(relay: &Relay, token: &str, forward: &str) -> Agent {
+    agent_placing(relay, token, forward, "http://127.0.0.1:1")
+}
+
+fn agent_placing(relay: &Relay, token: &str, forward: &str, placed_target: &str) -> Agent {
     Agent::spawn(
         &format!(
             "[relay]\nurl = \"{}\"\ntoken = \"{token}\"\n[agent]\nname = \"fwd\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n[secrets.tok]\nenv = \"FWD_TOKEN\"\n\n{forward}",
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[secrets.tok]\nenv = \"FWD_TOKEN\"\n\n\
+             [secrets.placed]\nenv = \"FWD_TOKEN\"\n\
+             callers = {{ targets = [\"{placed_target}\"], headers = [\"x-caller\"] }}\n\n{forward}",
             relay.agent_url()
         ),
         &[("FWD_TOKEN", "injected-secret")],
@@ -93,13 +102,14 @@ async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest
     let upstream = Upstream::start().await;
     let (token, key) = (relay.token("acme"), relay.key("acme"));
     let port = upstream.addr.port();
-    let agent = agent_with_forward(
+    let agent = agent_placing(
         &relay,
         &token,
         &format!(
             "[forward]\nallow = [\"127.0.0.1/32\", \"localhost\"]\n\
              [forward.headers.\"http://127.0.0.1:{port}\"]\nX-Injected = \"Bearer ${{{{ secrets.tok }}}}\"\n"
         ),
+        &format!("http://127.0.0.1:{port}"),
     );
     relay.wait_sessions(2).await;
 
@@ -114,6 +124,31 @@ async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest
     assert_eq!(doc["path"], "/echo/b", "normalised path");
     assert_eq!(doc["query"], "q=1");
     assert_eq!(doc["headers"]["x-injected"][0], "Bearer injected-secret");
+
+    // Callers may place `placed` in X-Caller towards this target only, and
+    // never `tok`.
+    let auth = format!("Bearer {key}");
+    let placed = "${{ secrets.placed }}";
+    let url = relay.url(&format!("/v1/forward/http/127.0.0.1:{port}/echo"));
+    let (status, _, body) = get(
+        &url,
+        &[("proxy-authorization", &auth), ("x-caller", placed)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["headers"]["x-caller"][0], "injected-secret");
+    let (status, _, _) = get(&url, &[("proxy-authorization", &auth), ("x-other", placed)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not in a listed header");
+    let (status, _, _) = get(
+        &url,
+        &[
+            ("proxy-authorization", &auth),
+            ("x-caller", "${{ secrets.tok }}"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "tok has no callers binding");
 
     // The same address written as a decimal integer is the same target.
     let (status, _, _) = call(
@@ -153,7 +188,7 @@ async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest
     );
     assert_eq!(
         upstream.count().await,
-        3,
+        4,
         "refused requests never reached it"
     );
 }
