@@ -428,6 +428,9 @@ async fn half_open_link_is_detected_by_both_ends_and_the_agent_reconnects() {
     eprintln!(
         "half-open link: relay dropped it after {relay_saw:?}, agent after {agent_saw:?} more"
     );
+    // Readiness follows the relay session.
+    let ready = format!("http://{}/readyz", agent.admin);
+    assert_eq!(get(&ready, &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
     // While stalled, callers are told at once that no agent is there.
     let target = relay.url("/v1/routes/sample/echo");
     let (status, headers, body) = call("GET", &target, &key, &[]).await;
@@ -437,6 +440,10 @@ async fn half_open_link_is_detected_by_both_ends_and_the_agent_reconnects() {
     proxy.set(Mode::Pass);
     relay.wait_sessions(1).await;
     assert!(proxy.accepted() >= 2, "the agent dialled again");
+    until(Duration::from_secs(5), "agent ready again", || async {
+        get(&ready, &[]).await.0 == StatusCode::OK
+    })
+    .await;
     let (status, _, _) = call("GET", &target, &key, &[]).await;
     assert_eq!(status, StatusCode::OK);
 }
