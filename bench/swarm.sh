@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-1000}
 
-# Each session is one socket on each side; both processes inherit this.
+# Each session is one socket in the swarm and one in the relay (separate
+# processes); both inherit this limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if (( $(ulimit -n) < agents * 2 + 100 )); then
+if (( $(ulimit -n) < agents + 200 )); then
   echo "ulimit -n is $(ulimit -n): too low for $agents agents" >&2
   exit 1
 fi
