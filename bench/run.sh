@@ -19,7 +19,9 @@ secs=5; $quick && secs=1
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 if ! command -v rathole >/dev/null; then
   dpkg -s libssl-dev pkg-config >/dev/null 2>&1 || apt-get install -y -qq libssl-dev pkg-config
-  cargo install rathole --locked
+  # Not --locked: its lock file pins time 0.3.29, which no longer builds
+  # with current Rust.
+  cargo install rathole
 fi
 command -v bore >/dev/null || cargo install bore-cli --locked
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -66,7 +68,7 @@ wait_port "$rh_svc"
 # bore: its control port is fixed (7835) by bore itself; the tunnel port is
 # chosen here.
 bore_port=$(free_port)
-bore server --min-port "$bore_port" --max-port "$bore_port" >"$STACK_WORK/bore-server.log" 2>&1 & extra_pids+=($!)
+bore server --bind-addr 127.0.0.1 --min-port "$bore_port" --max-port "$bore_port" >"$STACK_WORK/bore-server.log" 2>&1 & extra_pids+=($!)
 wait_port 7835
 bore local "$upstream_port" --to 127.0.0.1 --port "$bore_port" >"$STACK_WORK/bore-client.log" 2>&1 & extra_pids+=($!)
 wait_port "$bore_port"
