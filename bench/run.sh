@@ -70,7 +70,7 @@ wait_port "$rh_svc"
 bore_port=$(free_port)
 bore server --bind-addr 127.0.0.1 --min-port "$bore_port" --max-port "$bore_port" >"$STACK_WORK/bore-server.log" 2>&1 & extra_pids+=($!)
 wait_port 7835
-bore local "$upstream_port" --to 127.0.0.1 --port "$bore_port" >"$STACK_WORK/bore-client.log" 2>&1 & extra_pids+=($!)
+bore local "$upstream_port" --local-host 127.0.0.1 --to 127.0.0.1 --port "$bore_port" >"$STACK_WORK/bore-client.log" 2>&1 & extra_pids+=($!)
 wait_port "$bore_port"
 sleep 1
 
