@@ -77,6 +77,7 @@ idle=$(rss "$relay_pid")
   --agents "$agents" >"$work/swarm.jsonl" 2>"$work/swarm.log" &
 swarm_pid=$!; pids+=("$swarm_pid")
 started=$(now_ms)
+echo "waiting for $agents sessions" >&2
 all_up=$(wait_up "$agents")
 sleep 2
 loaded=$(rss "$relay_pid")
