@@ -121,8 +121,29 @@ pub fn tls_client_config_with_cert(
 }
 
 fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
-    let tls = tls_client_config(root_store(ca_file)?);
-    let mut http = HttpConnector::new();
+    Ok(pooled(
+        tls_client_config(root_store(ca_file)?),
+        HttpConnector::new(),
+    ))
+}
+
+/// The pooled client every upstream call goes out on: TCP over `http`
+/// (whose resolver decides which addresses are dialled), TLS with `tls`,
+/// HTTP/1.1 or HTTP/2 by ALPN.
+fn pooled<R>(
+    tls: rustls::ClientConfig,
+    mut http: HttpConnector<R>,
+) -> Client<HttpsConnector<HttpConnector<R>>, BoxBody>
+where
+    R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R::Future: Send,
+{
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -132,7 +153,7 @@ fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -142,7 +163,7 @@ fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError
         // request that was (partly) written is never re-sent here; the
         // caller gets the error (502 upstream_unreachable).
         .retry_canceled_requests(true)
-        .build(connector))
+        .build(connector)
 }
 
 /// Addresses the forward handler resolved and checked, by hostname: the
@@ -206,21 +227,8 @@ pub type ForwardClient = Client<HttpsConnector<HttpConnector<PinnedResolver>>, B
 
 /// Builds the forward client over `pins`.
 pub fn forward_client(pins: Pins) -> Result<ForwardClient, TlsConfigError> {
-    let tls = tls_client_config(root_store(None)?);
-    let mut http = HttpConnector::new_with_resolver(PinnedResolver(pins));
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .retry_canceled_requests(true)
-        .build(connector))
+    Ok(pooled(
+        tls_client_config(root_store(None)?),
+        HttpConnector::new_with_resolver(PinnedResolver(pins)),
+    ))
 }

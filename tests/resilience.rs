@@ -124,87 +124,52 @@ async fn selectors_need_every_tag_and_load_spreads_over_agents() {
     assert_eq!(problem_code(&headers, &body), "no_agent");
 }
 
-#[tokio::test]
-async fn agent_killed_during_a_post_gives_agent_lost_and_the_post_is_never_resent() {
+/// Sends `method` to a slow upstream path through agent A; once the
+/// upstream has it, starts agent B (also matching) and SIGKILLs A. The
+/// caller's answer, and how many requests the upstream saw in the end.
+async fn kill_agent_during(method: &str) -> (StatusCode, http::HeaderMap, bytes::Bytes, u64) {
     let (relay, upstream, token, key) = setup("").await;
-    let mut first = agent(
-        &relay.agent_url(),
-        &token,
-        "agent-a",
-        &["pool"],
-        "",
-        &upstream,
-    );
+    let url = relay.agent_url();
+    let mut first = agent(&url, &token, "agent-a", &["pool"], "", &upstream);
     relay.wait_sessions(1).await;
-    let target = relay.url("/v1/routes/sample/slow/1500");
     let caller = {
-        let (target, key) = (target.clone(), key.clone());
-        tokio::spawn(async move { call("POST", &target, &key, &[]).await })
+        let (target, key) = (relay.url("/v1/routes/sample/slow/1000"), key.clone());
+        let method = method.to_owned();
+        tokio::spawn(async move { call(&method, &target, &key, &[]).await })
     };
     until(
         Duration::from_secs(5),
-        "POST reaches the upstream",
+        "request reaches the upstream",
         || async { upstream.count().await == 1 },
     )
     .await;
     // Another agent that matches is up before the first dies.
-    let _second = agent(
-        &relay.agent_url(),
-        &token,
-        "agent-b",
-        &["pool"],
-        "",
-        &upstream,
-    );
+    let _second = agent(&url, &token, "agent-b", &["pool"], "", &upstream);
     relay.wait_sessions(2).await;
     first.kill();
-
     let (status, headers, body) = caller.await.unwrap();
+    // Past the time the upstream takes for a request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (status, headers, body, upstream.count().await)
+}
+
+#[tokio::test]
+async fn agent_killed_during_a_post_gives_agent_lost_and_the_post_is_never_resent() {
+    let (status, headers, body, seen) = kill_agent_during("POST").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(problem_code(&headers, &body), "agent_lost");
-    // Past the time the upstream takes: still exactly one POST.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(upstream.count().await, 1, "the POST was sent once only");
+    assert_eq!(
+        seen, 1,
+        "the POST was sent once only, though agent-b matched"
+    );
 }
 
 #[tokio::test]
 async fn agent_killed_during_a_get_is_answered_by_the_other_agent() {
-    let (relay, upstream, token, key) = setup("").await;
-    let mut first = agent(
-        &relay.agent_url(),
-        &token,
-        "agent-a",
-        &["pool"],
-        "",
-        &upstream,
-    );
-    relay.wait_sessions(1).await;
-    let target = relay.url("/v1/routes/sample/slow/1000");
-    let caller = {
-        let (target, key) = (target.clone(), key.clone());
-        tokio::spawn(async move { call("GET", &target, &key, &[]).await })
-    };
-    until(
-        Duration::from_secs(5),
-        "GET reaches the upstream",
-        || async { upstream.count().await == 1 },
-    )
-    .await;
-    let _second = agent(
-        &relay.agent_url(),
-        &token,
-        "agent-b",
-        &["pool"],
-        "",
-        &upstream,
-    );
-    relay.wait_sessions(2).await;
-    first.kill();
-
-    let (status, headers, body) = caller.await.unwrap();
+    let (status, headers, body, seen) = kill_agent_during("GET").await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["tether-agent"], "agent-b");
-    assert_eq!(upstream.count().await, 2, "the GET was sent again, once");
+    assert_eq!(seen, 2, "the GET was sent again, once");
 }
 
 #[tokio::test]
