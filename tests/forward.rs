@@ -45,6 +45,19 @@ fn in_own_netns(name: &str) -> bool {
     false
 }
 
+/// A test that re-runs itself in its own network namespace (see
+/// [`in_own_netns`]) and there runs the async `$body`.
+macro_rules! netns_test {
+    ($name:ident, $body:ident) => {
+        #[test]
+        fn $name() {
+            if in_own_netns(stringify!($name)) {
+                runtime().block_on($body());
+            }
+        }
+    };
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,14 +101,10 @@ async fn call(relay: &Relay, key: &str, path: &str) -> (StatusCode, String, serd
     )
 }
 
-#[test]
-fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest() {
-    if in_own_netns("forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest") {
-        runtime().block_on(
-            forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest_body(),
-        );
-    }
-}
+netns_test!(
+    forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest,
+    forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest_body
+);
 
 async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest_body() {
     let relay = Relay::start("");
@@ -193,12 +202,10 @@ async fn forward_reaches_allowed_targets_with_agent_headers_and_refuses_the_rest
     );
 }
 
-#[test]
-fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr() {
-    if in_own_netns("a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr") {
-        runtime().block_on(a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body());
-    }
-}
+netns_test!(
+    a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr,
+    a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body
+);
 
 async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() {
     let relay = Relay::start("");
@@ -233,12 +240,10 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() 
     assert_eq!(upstream.count().await, 0);
 }
 
-#[test]
-fn an_agent_without_forward_is_never_chosen_and_star_is_refused() {
-    if in_own_netns("an_agent_without_forward_is_never_chosen_and_star_is_refused") {
-        runtime().block_on(an_agent_without_forward_is_never_chosen_and_star_is_refused_body());
-    }
-}
+netns_test!(
+    an_agent_without_forward_is_never_chosen_and_star_is_refused,
+    an_agent_without_forward_is_never_chosen_and_star_is_refused_body
+);
 
 async fn an_agent_without_forward_is_never_chosen_and_star_is_refused_body() {
     let relay = Relay::start("");
@@ -271,12 +276,10 @@ async fn an_agent_without_forward_is_never_chosen_and_star_is_refused_body() {
     );
 }
 
-#[test]
-fn redirects_are_returned_to_the_caller_not_followed() {
-    if in_own_netns("redirects_are_returned_to_the_caller_not_followed") {
-        runtime().block_on(redirects_body());
-    }
-}
+netns_test!(
+    redirects_are_returned_to_the_caller_not_followed,
+    redirects_body
+);
 
 async fn redirects_body() {
     let relay = Relay::start("");
@@ -332,12 +335,10 @@ async fn run(program: &str, args: Vec<String>, env: Vec<(&'static str, String)>)
     .unwrap()
 }
 
-#[test]
-fn proxy_listener_serves_absolute_form_and_connect_to_curl_and_a_library() {
-    if in_own_netns("proxy_listener_serves_absolute_form_and_connect_to_curl_and_a_library") {
-        runtime().block_on(proxy_listener_body());
-    }
-}
+netns_test!(
+    proxy_listener_serves_absolute_form_and_connect_to_curl_and_a_library,
+    proxy_listener_body
+);
 
 async fn proxy_listener_body() {
     let relay = Relay::start_with_proxy("");

@@ -124,6 +124,28 @@ async fn selectors_need_every_tag_and_load_spreads_over_agents() {
     assert_eq!(problem_code(&headers, &body), "no_agent");
 }
 
+/// Starts `method path` from a caller task and returns once the upstream
+/// has received it (the request is in flight); the caller's answer comes
+/// from the handle.
+async fn in_flight(
+    relay: &Relay,
+    upstream: &Upstream,
+    key: &str,
+    method: &str,
+    path: &str,
+) -> tokio::task::JoinHandle<(StatusCode, http::HeaderMap, bytes::Bytes)> {
+    let before = upstream.count().await;
+    let (target, key, method) = (relay.url(path), key.to_owned(), method.to_owned());
+    let caller = tokio::spawn(async move { call(&method, &target, &key, &[]).await });
+    until(
+        Duration::from_secs(5),
+        "request reaches the upstream",
+        || async { upstream.count().await > before },
+    )
+    .await;
+    caller
+}
+
 /// Sends `method` to a slow upstream path through agent A; once the
 /// upstream has it, starts agent B (also matching) and SIGKILLs A. The
 /// caller's answer, and how many requests the upstream saw in the end.
@@ -132,15 +154,12 @@ async fn kill_agent_during(method: &str) -> (StatusCode, http::HeaderMap, bytes:
     let url = relay.agent_url();
     let mut first = agent(&url, &token, "agent-a", &["pool"], "", &upstream);
     relay.wait_sessions(1).await;
-    let caller = {
-        let (target, key) = (relay.url("/v1/routes/sample/slow/1000"), key.clone());
-        let method = method.to_owned();
-        tokio::spawn(async move { call(&method, &target, &key, &[]).await })
-    };
-    until(
-        Duration::from_secs(5),
-        "request reaches the upstream",
-        || async { upstream.count().await == 1 },
+    let caller = in_flight(
+        &relay,
+        &upstream,
+        &key,
+        method,
+        "/v1/routes/sample/slow/1000",
     )
     .await;
     // Another agent that matches is up before the first dies.
@@ -221,19 +240,15 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     let (relay, upstream, token, key) = setup("").await;
     let mut agent = agent(&relay.agent_url(), &token, "agent-a", &[], "", &upstream);
     relay.wait_sessions(1).await;
-    let target = relay.url("/v1/routes/sample/slow/2000");
-    let caller = {
-        let (target, key) = (target.clone(), key.clone());
-        tokio::spawn(async move { call("GET", &target, &key, &[]).await })
-    };
-    until(
-        Duration::from_secs(5),
-        "request reaches the upstream",
-        || async { upstream.count().await == 1 },
+    let caller = in_flight(
+        &relay,
+        &upstream,
+        &key,
+        "GET",
+        "/v1/routes/sample/slow/2000",
     )
     .await;
     agent.signal("TERM");
-    // New requests go nowhere once its session is drained: no agent left.
     let (status, _, body) = caller.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(&body[..], b"slow");
@@ -249,15 +264,12 @@ async fn relay_sigterm_finishes_requests_in_flight() {
     let (mut relay, upstream, token, key) = setup("").await;
     let _agent = agent(&relay.agent_url(), &token, "agent-a", &[], "", &upstream);
     relay.wait_sessions(1).await;
-    let target = relay.url("/v1/routes/sample/slow/1500");
-    let caller = {
-        let (target, key) = (target.clone(), key.clone());
-        tokio::spawn(async move { call("GET", &target, &key, &[]).await })
-    };
-    until(
-        Duration::from_secs(5),
-        "request reaches the upstream",
-        || async { upstream.count().await == 1 },
+    let caller = in_flight(
+        &relay,
+        &upstream,
+        &key,
+        "GET",
+        "/v1/routes/sample/slow/1500",
     )
     .await;
     relay.signal("TERM");

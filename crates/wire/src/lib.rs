@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod config_location;
 pub mod headers;
+pub mod metrics;
 pub mod notify;
 pub mod problem;
 pub mod protocol;
