@@ -72,21 +72,6 @@ async fn call(
     send(req.body(body).unwrap()).await
 }
 
-/// Polls `check` every 20 ms until it holds; how long that took. Panics
-/// after `limit`.
-async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 #[tokio::test]
 async fn selectors_need_every_tag_and_load_spreads_over_agents() {
     let (relay, upstream, token, key) = setup("").await;

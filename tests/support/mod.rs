@@ -121,6 +121,21 @@ impl Relay {
         Self::start_full(extra, store_url, false)
     }
 
+    /// Starts replica `replica_id` of a cluster on the Postgres store at
+    /// `store_url`, sharing the peer key in `peer_key_file`.
+    pub fn start_replica(store_url: &str, replica_id: &str, peer_key_file: &Path) -> Self {
+        let peer = free_port();
+        Self::start_on(
+            &format!(
+                "[agents]\nping_interval = \"1s\"\nping_timeout = \"2s\"\n\
+                 [cluster]\nreplica_id = \"{replica_id}\"\npeer_listen = \"127.0.0.1:{peer}\"\n\
+                 peer_key_file = \"{}\"\nlease = \"3s\"\n",
+                peer_key_file.display()
+            ),
+            Some(store_url),
+        )
+    }
+
     /// Starts a relay with a forward-proxy listener too.
     pub fn start_with_proxy(extra: &str) -> Self {
         Self::start_full(extra, None, true)
@@ -265,6 +280,12 @@ impl Relay {
         self.log = log;
     }
 
+    /// SIGKILLs the relay and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends `signal` (e.g. `TERM`) to the relay.
     pub fn signal(&self, signal: &str) {
         send_signal(self.child.id(), signal);
@@ -274,6 +295,21 @@ impl Relay {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
+}
+
+/// Polls `check` every 20 ms until it holds; how long that took. Panics
+/// after `limit`.
+pub async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
 }
 
 /// Sends `signal` (`STOP`, `CONT`, `TERM`, …) to process `pid` with
@@ -468,6 +504,7 @@ impl Stack {
     }
 }
 
+pub mod balancer;
 pub mod fault;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;

@@ -31,6 +31,41 @@ pub struct RelayConfig {
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Cluster mode: several replicas sharing a Postgres store, each
+    /// forwarding a request to the replica holding the agent's session.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This replica's id, unique in the cluster (default: the hostname,
+    /// which is the pod name in a StatefulSet or Deployment).
+    #[serde(default = "default_replica_id")]
+    pub replica_id: String,
+    /// Where peers' forwarded requests are accepted (HTTP/2, peer key).
+    pub peer_listen: SocketAddr,
+    /// The URL peers use to reach `peer_listen`, `http://host:port`
+    /// (default: `http://{peer_listen}`, right when it is not a wildcard).
+    pub advertise: Option<String>,
+    /// File holding the key every replica shares, authenticating replicas
+    /// to each other.
+    pub peer_key_file: PathBuf,
+    /// How long a replica's presence outlives its last heartbeat (it
+    /// heartbeats every third of it).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    /// `host:port` peers dial.
+    pub fn advertised(&self) -> String {
+        match &self.advertise {
+            Some(url) => url.clone(),
+            None => format!("http://{}", self.peer_listen),
+        }
+    }
 }
 
 /// `[admin]`.
@@ -53,6 +88,7 @@ impl Default for RelayConfig {
             limits: LimitsConfig::default(),
             agents: AgentsConfig::default(),
             admin: AdminConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -190,6 +226,16 @@ fn default_ping_timeout() -> Duration {
 fn default_max_streams() -> usize {
     512
 }
+fn default_replica_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(15)
+}
 
 /// A configuration file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -247,15 +293,46 @@ impl RelayConfig {
                 message: e.message().to_owned(),
             }
         })?;
-        config.validate(path)?;
+        config.validate(path, source)?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    fn validate(&self, path: &Path, source: &str) -> Result<(), ConfigError> {
         let invalid = |message: &str| ConfigError::Invalid {
             path: path.to_owned(),
             message: message.to_owned(),
         };
+        if let Some(cluster) = &self.cluster {
+            let at = |message: &str| {
+                let line = source
+                    .lines()
+                    .position(|l| l.trim() == "[cluster]")
+                    .map_or(1, |i| i + 1);
+                ConfigError::Invalid {
+                    path: PathBuf::from(format!("{}:{line}", path.display())),
+                    message: message.to_owned(),
+                }
+            };
+            if crate::store::Backend::of(&self.store.url) != Some(crate::store::Backend::Postgres) {
+                return Err(at(
+                    "[cluster] needs a Postgres store ([store] url = \"postgres://…\"): replicas share presence and credentials through it; SQLite is for one relay process",
+                ));
+            }
+            if cluster.replica_id.is_empty() || cluster.replica_id.len() > 253 {
+                return Err(at("[cluster] replica_id must be 1 to 253 characters"));
+            }
+            if cluster.advertise.is_none() && cluster.peer_listen.ip().is_unspecified() {
+                return Err(at(
+                    "[cluster] advertise is required when peer_listen is a wildcard address",
+                ));
+            }
+            if crate::cluster::peer_authority(&cluster.advertised()).is_none() {
+                return Err(at("[cluster] advertise: expected http://host:port"));
+            }
+            if cluster.lease < Duration::from_secs(3) {
+                return Err(at("[cluster] lease must be at least 3s"));
+            }
+        }
         if crate::store::Backend::of(&self.store.url).is_none() {
             return Err(invalid(
                 "[store] url: expected sqlite://PATH or postgres://…",

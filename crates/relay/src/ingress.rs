@@ -23,18 +23,38 @@ use tether_wire::{BoxBody, BoxError, ErrorCode, Problem};
 use crate::State;
 use crate::auth::{AuthError, Identity};
 use crate::credential::{self, Kind};
-use crate::registry::{InFlight, SelectError};
+use crate::registry::SelectError;
 
 /// One caller request's id, and its problem answers.
 pub(crate) struct Call {
     pub(crate) request_id: String,
 }
 
+/// Marks an answer given without reaching any agent because no local
+/// session matched (a peer tells the forwarding replica so).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unreached;
+
 impl Call {
     pub(crate) fn new() -> Self {
+        Self::with_id(None)
+    }
+
+    /// A call continuing one that a peer replica started (same id), or a
+    /// new one.
+    pub(crate) fn with_id(request_id: Option<String>) -> Self {
         Self {
-            request_id: new_request_id(),
+            request_id: request_id
+                .filter(|id| id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .unwrap_or_else(new_request_id),
         }
+    }
+
+    /// [`Call::fail`] for an answer that reached no agent.
+    fn unreached(&self, code: ErrorCode, detail: &str) -> Response<BoxBody> {
+        let mut response = self.fail(code, detail);
+        response.extensions_mut().insert(Unreached);
+        response
     }
 
     /// A problem carrying the request id.
@@ -119,6 +139,106 @@ impl Call {
         }
     }
 
+    /// Sends `request` to an agent of the caller's account: through a
+    /// session of this relay if one matches, else — in cluster mode —
+    /// through the peer replica holding one (see [`Call::dispatch_remote`]).
+    async fn dispatch(
+        &self,
+        state: &State,
+        selector: &[String],
+        account: &str,
+        route: Option<&str>,
+        request: Request<BoxBody>,
+        body_cap: Option<u64>,
+    ) -> Response<BoxBody> {
+        if let Some(cluster) = state.cluster.as_ref() {
+            let local = state.registry.select(
+                account,
+                selector,
+                route,
+                &[],
+                state.config.agents.max_streams,
+            );
+            if local.is_err() && cluster.select(account, selector, route, &[]).is_ok() {
+                return self
+                    .dispatch_remote(state, cluster, selector, account, route, request, body_cap)
+                    .await;
+            }
+        }
+        self.dispatch_local(state, selector, account, route, request, body_cap)
+            .await
+    }
+
+    /// Forwards `request` to a peer replica holding a matching agent (one
+    /// hop; the peer relays it through its session by the rules of
+    /// [`Call::dispatch_local`]). A request that never reached a peer, or
+    /// that the peer could not place on any session, goes to another peer
+    /// if it is still whole; one that may have reached an agent is re-sent
+    /// only when idempotent and bodiless, as in one process.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch_remote(
+        &self,
+        state: &State,
+        cluster: &crate::cluster::Cluster,
+        selector: &[String],
+        account: &str,
+        route: Option<&str>,
+        request: Request<BoxBody>,
+        body_cap: Option<u64>,
+    ) -> Response<BoxBody> {
+        use crate::cluster::{PeerError, header as peer};
+        let replay = Replay::of(&request);
+        let mut tried = Vec::new();
+        let mut request = request;
+        loop {
+            let target = match cluster.select(account, selector, route, &tried) {
+                Ok(target) if tried.len() < MAX_ATTEMPTS => target,
+                // No peer left: a local session may have arrived meanwhile;
+                // if not, the local answer says why none serves.
+                _ => {
+                    return self
+                        .dispatch_local(state, selector, account, route, request, body_cap)
+                        .await;
+                }
+            };
+            tried.push(target.replica.clone());
+            match cluster
+                .forward(&target, account, selector, route, request)
+                .await
+            {
+                Ok((response, in_flight)) => {
+                    let (mut parts, body) = response.into_parts();
+                    if parts.headers.remove(peer::MISS).is_some()
+                        && let Some(again) = replay.as_ref().map(Replay::request)
+                    {
+                        tracing::debug!(request_id = %self.request_id, replica = %target.replica,
+                            "peer had no session any more; trying another");
+                        request = again;
+                        continue;
+                    }
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = InFlightBody {
+                        inner: body.map_err(BoxError::from).boxed(),
+                        _in_flight: in_flight,
+                    };
+                    return Response::from_parts(parts, body.boxed());
+                }
+                Err(PeerError::Unsent(unsent)) => request = *unsent,
+                Err(PeerError::Lost(e)) => match replay.as_ref().map(Replay::request) {
+                    Some(again) => request = again,
+                    None => {
+                        tracing::info!(request_id = %self.request_id, replica = %target.replica,
+                            error = %e, "request lost with its peer replica");
+                        return self.fail(
+                            ErrorCode::AgentLost,
+                            "the agent session ended before the response",
+                        );
+                    }
+                },
+            }
+        }
+    }
+
     /// Chooses a session of the caller's account and sends `request` on
     /// it; returns the agent's response with `Tether-Agent` and
     /// `Tether-Request-Id`, its body counted in flight.
@@ -130,7 +250,7 @@ impl Call {
     /// as when a GOAWAY crosses it) is sent again only if it is idempotent
     /// — GET, HEAD or OPTIONS — with an empty body; anything else gets
     /// `502 agent_lost` and is never re-sent.
-    async fn dispatch(
+    pub(crate) async fn dispatch_local(
         &self,
         state: &State,
         selector: &[String],
@@ -159,7 +279,7 @@ impl Call {
                 }
                 Err(_) if !tried.is_empty() => break,
                 Err(SelectError::NoAgent) => {
-                    return self.fail(
+                    return self.unreached(
                         ErrorCode::NoAgent,
                         "no agent connected for this account and selector",
                     );
@@ -173,13 +293,13 @@ impl Call {
                     );
                 }
                 Err(SelectError::NoSuchRoute) if route == Some(protocol::FORWARD_AUTHORITY) => {
-                    return self.fail(
+                    return self.unreached(
                         ErrorCode::NoSuchRoute,
                         "no connected agent serves forward mode ([forward] allow)",
                     );
                 }
                 Err(SelectError::NoSuchRoute) => {
-                    return self.fail(
+                    return self.unreached(
                         ErrorCode::NoSuchRoute,
                         &format!("no connected agent serves route {:?}", route.unwrap_or("")),
                     );
@@ -233,7 +353,7 @@ impl Call {
             };
             return Response::from_parts(parts, body.boxed());
         }
-        self.fail(
+        self.unreached(
             ErrorCode::AgentLost,
             "every matching agent session was closing",
         )
@@ -484,12 +604,12 @@ fn new_request_id() -> String {
 
 /// A response body that keeps its request counted as in flight until the
 /// body is finished or dropped, so agent selection sees real load.
-struct InFlightBody {
+struct InFlightBody<G> {
     inner: BoxBody,
-    _in_flight: InFlight,
+    _in_flight: G,
 }
 
-impl Body for InFlightBody {
+impl<G: Unpin> Body for InFlightBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 

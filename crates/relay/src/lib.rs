@@ -21,6 +21,7 @@
 
 mod admin;
 pub mod auth;
+mod cluster;
 pub mod config;
 pub mod credential;
 mod ingress;
@@ -70,6 +71,9 @@ pub enum RelayError {
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Cluster mode could not start.
+    #[error("[cluster] {0}")]
+    Cluster(String),
 }
 
 /// State shared by every connection of one relay process.
@@ -85,6 +89,8 @@ pub(crate) struct State {
     pub(crate) metrics: metrics::Metrics,
     /// The admin API key (hashed); the API is off without one.
     pub(crate) admin_key: Option<admin::AdminKey>,
+    /// Cluster mode: presence and peers.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
     draining: AtomicBool,
 }
 
@@ -94,6 +100,7 @@ pub struct Relay {
     public: TcpListener,
     admin: Option<TcpListener>,
     proxy: Option<TcpListener>,
+    peer: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -126,6 +133,17 @@ impl Relay {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let (cluster, peer) = match &config.cluster {
+            Some(c) => (
+                Some(Arc::new(
+                    cluster::Cluster::open(c, &config.store.url)
+                        .await
+                        .map_err(RelayError::Cluster)?,
+                )),
+                Some(bind(c.peer_listen).await?),
+            ),
+            None => (None, None),
+        };
         let state = Arc::new(State {
             auth: Authenticator::new(store),
             registry: Arc::new(Registry::new()),
@@ -137,6 +155,7 @@ impl Relay {
                 config.limits.caller_burst,
             ),
             admin_key,
+            cluster,
             metrics: metrics::Metrics::default(),
             draining: AtomicBool::new(false),
             config,
@@ -146,6 +165,7 @@ impl Relay {
             public,
             admin,
             proxy,
+            peer,
             tls,
         })
     }
@@ -153,6 +173,11 @@ impl Relay {
     /// Address of the forward-proxy listener, if any.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Address of the peer listener (cluster mode).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Address of the public listener.
@@ -223,8 +248,29 @@ impl Relay {
                 .await;
             }
         };
+        let peer = async {
+            if let Some(listener) = self.peer {
+                let peer_state = state.clone();
+                serve::serve(
+                    listener,
+                    None,
+                    options.clone(),
+                    serve::handler(move |req, _remote| {
+                        cluster::handle_peer(peer_state.clone(), req)
+                    }),
+                    state.shutdown.clone(),
+                    state.tracker.clone(),
+                )
+                .await;
+            }
+        };
+        let presence = async {
+            if let Some(c) = state.cluster.clone() {
+                cluster::run(state.clone(), c).await;
+            }
+        };
         let watcher = watcher::run(state.clone());
-        tokio::join!(public, admin, proxy, watcher);
+        tokio::join!(public, admin, proxy, peer, presence, watcher);
         state.draining.store(true, Ordering::Relaxed);
         state.tracker.close();
         let drained = tokio::time::timeout(

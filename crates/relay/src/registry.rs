@@ -201,6 +201,8 @@ fn serves(info: &AgentInfo, route: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Registry {
     by_account: RwLock<HashMap<String, Vec<Arc<AgentSession>>>>,
+    /// Woken when a session comes or goes (cluster presence publishes it).
+    changed: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -215,6 +217,7 @@ impl Registry {
         map.entry(session.account.clone())
             .or_default()
             .push(session);
+        self.changed.notify_one();
     }
 
     /// Removes a session (no-op if absent).
@@ -226,6 +229,12 @@ impl Registry {
                 map.remove(&session.account);
             }
         }
+        self.changed.notify_one();
+    }
+
+    /// Notified when a session comes or goes.
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// Chooses a session of `account` for a request (see [`choose`]),

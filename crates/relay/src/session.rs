@@ -73,6 +73,13 @@ pub(crate) async fn handle_connect(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if let Some(v) = state
+        .cluster
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(&c.replica_id).ok())
+    {
+        h.insert(th::REPLICA, v);
+    }
     let tracker = state.tracker.clone();
     tracker.spawn(run_session(state, req, identity, hello, remote));
     response

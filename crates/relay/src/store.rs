@@ -556,10 +556,19 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0002_credential_events.sql"),
         ),
     };
-    Migrator::with_migrations(vec![
+    let mut migrations = vec![
         migration(1, "initial", initial),
         migration(2, "credential events", events),
-    ])
+    ];
+    // Cluster presence: cluster mode needs Postgres.
+    if backend == Backend::Postgres {
+        migrations.push(migration(
+            3,
+            "cluster presence",
+            include_str!("../migrations/postgres/0003_cluster_presence.sql"),
+        ));
+    }
+    Migrator::with_migrations(migrations)
 }
 
 /// Seconds since the epoch of `t`.

@@ -78,6 +78,9 @@ pub mod header {
     pub const CALLER_KEY_ID: &str = "tether-caller-key-id";
     /// Versions the relay speaks, sent with a 426 answer.
     pub const SUPPORTED_VERSIONS: &str = "tether-supported-versions";
+    /// Handshake response, cluster mode: the id of the relay replica that
+    /// holds the session, so an agent can spread its sessions.
+    pub const REPLICA: &str = "tether-replica";
     /// Prefix every Tether header has; none is ever forwarded upstream.
     pub const PREFIX: &str = "tether-";
 }

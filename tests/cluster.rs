@@ -1,0 +1,290 @@
+//! Cluster mode through the real binaries: relay replicas sharing a real
+//! PostgreSQL server (presence, LISTEN/NOTIFY), agents reaching them through
+//! a TCP load balancer, callers talking to any replica.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use support::balancer::Balancer;
+use support::*;
+
+/// Replicas on one Postgres, a balancer in front of them, an upstream, a
+/// token and a key of account `acme`.
+struct Cluster {
+    relays: Vec<Relay>,
+    balancer: Balancer,
+    upstream: Upstream,
+    token: String,
+    key: String,
+    _pg: Postgres,
+    _dir: tempfile::TempDir,
+}
+
+async fn cluster(replicas: usize) -> Cluster {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let peer_key = dir.path().join("peer.key");
+    std::fs::write(&peer_key, "cluster-test-peer-key-0123456789\n").unwrap();
+    let relays: Vec<Relay> = (1..=replicas)
+        .map(|i| Relay::start_replica(&pg.url, &format!("relay-{i}"), &peer_key))
+        .collect();
+    let balancer = Balancer::start(relays.iter().map(|r| r.public).collect());
+    let upstream = Upstream::start().await;
+    let token = relays[0].token("acme");
+    let key = relays[0].key("acme");
+    Cluster {
+        relays,
+        balancer,
+        upstream,
+        token,
+        key,
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    /// An agent named `name` serving `route` (GET and POST) with
+    /// `connections` sessions, dialling `url`.
+    fn agent_on(&self, url: &str, name: &str, route: &str, connections: u32) -> Agent {
+        Agent::spawn(
+            &format!(
+                "drain_timeout = \"5s\"\n[relay]\nurl = \"{url}\"\ntoken = \"{}\"\nconnections = {connections}\n\
+                 ping_interval = \"1s\"\nping_timeout = \"2s\"\n\
+                 [agent]\nname = \"{name}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+                self.token,
+                self.upstream
+                    .route(route, r#"["GET", "POST"]"#, r#"["/**"]"#)
+            ),
+            &[],
+        )
+    }
+
+    /// Sessions per replica.
+    async fn sessions(&self) -> Vec<usize> {
+        let mut counts = Vec::new();
+        for relay in &self.relays {
+            counts.push(relay.sessions().await);
+        }
+        counts
+    }
+
+    async fn wait_total(&self, n: usize) {
+        until(Duration::from_secs(20), "sessions registered", || async {
+            self.sessions().await.iter().sum::<usize>() == n
+        })
+        .await;
+    }
+}
+
+/// `method` to `url` with the key, bounded so a hung request fails the
+/// test instead of stalling it.
+async fn call(method: &str, url: &str, key: &str) -> (StatusCode, http::HeaderMap) {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("proxy-authorization", format!("Bearer {key}"))
+        .body(body(if method == "POST" { "payload" } else { "" }))
+        .unwrap();
+    let (status, headers, _) = tokio::time::timeout(Duration::from_secs(15), send(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url}: no answer in 15 s"));
+    (status, headers)
+}
+
+fn agent_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("tether-agent")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_reaches_every_agent_and_a_peer_hop_is_measured() {
+    let c = cluster(3).await;
+    let url = c.balancer.agent_url();
+    let _alpha = c.agent_on(&url, "alpha", "alpha", 2);
+    let _beta = c.agent_on(&url, "beta", "beta", 2);
+    c.wait_total(4).await;
+    eprintln!("sessions per replica: {:?}", c.sessions().await);
+
+    for relay in &c.relays {
+        for route in ["alpha", "beta"] {
+            let target = relay.url(&format!("/v1/routes/{route}/echo"));
+            // Presence reaches the other replicas by NOTIFY, a moment after
+            // the session registers.
+            until(
+                Duration::from_secs(10),
+                "routed through every replica",
+                || async {
+                    let (status, headers) = call("GET", &target, &c.key).await;
+                    status == StatusCode::OK && agent_of(&headers) == route
+                },
+            )
+            .await;
+            let (status, headers) = call("POST", &target, &c.key).await;
+            assert_eq!(status, StatusCode::OK, "POST {route} via {}", relay.public);
+            assert_eq!(agent_of(&headers), route);
+            let id = headers.get("tether-request-id").unwrap().to_str().unwrap();
+            assert_eq!(id.len(), 32, "request id kept: {id}");
+            assert!(
+                headers
+                    .keys()
+                    .all(|k| !k.as_str().starts_with("tether-peer")),
+                "nothing about peers reaches the caller: {headers:?}"
+            );
+        }
+    }
+
+    // The extra latency of a hop: an agent whose only session is on one
+    // replica, called through that replica and through another.
+    let _gamma = c.agent_on(&c.relays[0].agent_url(), "gamma", "gamma", 1);
+    c.wait_total(5).await;
+    let local = c.relays[0].url("/v1/routes/gamma/bytes/64");
+    let hop = c.relays[1].url("/v1/routes/gamma/bytes/64");
+    until(
+        Duration::from_secs(10),
+        "gamma known to relay-2",
+        || async { call("GET", &hop, &c.key).await.0 == StatusCode::OK },
+    )
+    .await;
+    let mut median = BTreeMap::new();
+    for (label, target) in [("local session", &local), ("one peer hop", &hop)] {
+        let mut times = Vec::new();
+        for _ in 0..200 {
+            let start = Instant::now();
+            assert_eq!(call("GET", target, &c.key).await.0, StatusCode::OK);
+            times.push(start.elapsed());
+        }
+        times.sort();
+        median.insert(label, times[times.len() / 2]);
+    }
+    eprintln!("median GET latency, 200 sequential requests: {median:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_is_routed_around_and_no_post_is_sent_twice() {
+    let mut c = cluster(3).await;
+    let url = c.balancer.agent_url();
+    let _a = c.agent_on(&url, "agent-a", "sample", 2);
+    let _b = c.agent_on(&url, "agent-b", "sample", 2);
+    c.wait_total(4).await;
+    // Until every replica routes (presence has propagated).
+    for relay in &c.relays {
+        let target = relay.url("/v1/routes/sample/echo");
+        until(Duration::from_secs(10), "every replica routes", || async {
+            call("GET", &target, &c.key).await.0 == StatusCode::OK
+        })
+        .await;
+    }
+    let before = c.upstream.count().await;
+    let victim = 2;
+    let survivors: Vec<String> = c.relays[..victim]
+        .iter()
+        .map(|r| r.url("/v1/routes/sample/echo"))
+        .collect();
+    let stop = Instant::now() + Duration::from_secs(6);
+    let mut callers = Vec::new();
+    for i in 0..4 {
+        let (target, key) = (survivors[i % survivors.len()].clone(), c.key.clone());
+        callers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while Instant::now() < stop {
+                statuses.push(call("POST", &target, &key).await.0);
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.relays[victim].kill();
+    let killed = Instant::now();
+    let moved = until(
+        Duration::from_secs(20),
+        "sessions moved off the killed replica",
+        || async {
+            let mut n = 0;
+            for relay in &c.relays[..victim] {
+                n += relay.sessions().await;
+            }
+            n == 4
+        },
+    )
+    .await;
+    let mut counts = BTreeMap::<u16, u64>::new();
+    for caller in callers {
+        for status in caller.await.unwrap() {
+            *counts.entry(status.as_u16()).or_default() += 1;
+        }
+    }
+    let sent: u64 = counts.values().sum();
+    let ok = counts.get(&200).copied().unwrap_or(0);
+    let reached = c.upstream.count().await - before;
+    eprintln!(
+        "kill -9 of one replica of 3: sessions on the others after {moved:?} \
+         (since the kill: {:?}); {sent} POSTs: {counts:?}; upstream saw {reached}",
+        killed.elapsed()
+    );
+    assert!(
+        counts.keys().all(|s| *s == 200 || *s == 502),
+        "only answers or agent_lost: {counts:?}"
+    );
+    assert!(ok * 10 >= sent * 9, "most POSTs answered: {counts:?}");
+    assert!(
+        reached <= sent && reached >= ok,
+        "no POST sent twice: {sent} sent, {ok} answered, upstream saw {reached}"
+    );
+    for target in &survivors {
+        assert_eq!(call("POST", target, &c.key).await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn revoking_on_one_replica_closes_sessions_held_by_another_within_a_second() {
+    let c = cluster(2).await;
+    let _agent = c.agent_on(&c.relays[1].agent_url(), "agent-a", "sample", 2);
+    until(Duration::from_secs(10), "sessions on relay-2", || async {
+        c.relays[1].sessions().await == 2
+    })
+    .await;
+    let started = Instant::now();
+    c.relays[0].cli_output(&["tokens", "revoke", &c.token[4..20]]);
+    let closed = until(Duration::from_secs(5), "sessions closed", || async {
+        c.relays[1].sessions().await == 0
+    })
+    .await;
+    eprintln!("revoke via relay-1 → relay-2's sessions closed after {closed:?} (from {started:?})");
+    assert!(closed < Duration::from_secs(1), "closed after {closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_of_1000_agents_spreads_evenly_over_three_replicas() {
+    let c = cluster(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &c.token).unwrap();
+    let mut swarm = Command::new(bin("tether-swarm"))
+        .arg("--relay")
+        .arg(c.balancer.agent_url())
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--agents", "1000", "--seconds", "120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.wait_total(1000).await;
+    let counts = c.sessions().await;
+    let _ = swarm.kill();
+    let _ = swarm.wait();
+    eprintln!("1,000 agent sessions per replica: {counts:?}");
+    for n in &counts {
+        assert!(
+            (267..=400).contains(n),
+            "each replica within ±20 % of 333: {counts:?}"
+        );
+    }
+}
