@@ -153,6 +153,7 @@ impl Agent {
             token_changes.clone(),
             shutdown.clone(),
         ));
+        let replicas = Arc::new(tunnel::Replicas::default());
         for number in 0..self.config.relay.connections {
             let slot = tunnel::Slot {
                 number,
@@ -162,6 +163,7 @@ impl Agent {
                 sessions: self.sessions.clone(),
                 token_changes: token_rx.clone(),
                 tracker: tracker.clone(),
+                replicas: replicas.clone(),
             };
             tracker.spawn(slot.run(shutdown.clone()));
         }

@@ -1,6 +1,7 @@
 //! The outbound sessions: dial the relay, upgrade to WebSocket, serve
 //! HTTP/2 over it, reconnect with backoff. One task per `connections` slot.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -99,7 +100,39 @@ pub struct Slot {
     pub token_changes: watch::Receiver<u64>,
     /// Where draining old sessions run, so shutdown waits for them.
     pub tracker: TaskTracker,
+    /// Which relay replica each slot's session is on (cluster mode).
+    pub replicas: Arc<Replicas>,
 }
+
+/// The relay replica (cluster mode: the handshake's `Tether-Replica`)
+/// holding each slot's session, shared by an agent's slots so that they
+/// spread over replicas: a session landing on a replica another slot
+/// already uses is redialled, a few times, so that one replica restarting
+/// never takes all of an agent's sessions.
+#[derive(Debug, Default)]
+pub struct Replicas(std::sync::Mutex<HashMap<u32, String>>);
+
+impl Replicas {
+    /// The slot other than `slot` already on `replica`, if any.
+    fn taken(&self, slot: u32, replica: &str) -> Option<u32> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .find(|(s, r)| **s != slot && r.as_str() == replica)
+            .map(|(s, _)| *s)
+    }
+
+    fn set(&self, slot: u32, replica: Option<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match replica {
+            Some(r) => map.insert(slot, r),
+            None => map.remove(&slot),
+        };
+    }
+}
+
+/// Redials of one slot to land on a replica no other slot uses, before
+/// it takes a shared one (there may be fewer replicas than sessions).
+const SPREAD_REDIALS: u32 = 6;
 
 /// A session being served: its task, and the token that drains it.
 struct Live {
@@ -124,6 +157,7 @@ impl Slot {
         let mut backoff = Backoff::new(BACKOFF_BASE, self.config.relay.backoff_max);
         let slot = self.number;
         let mut opened = 0u64;
+        let mut spread_redials = 0;
         'reconnect: while !shutdown.is_cancelled() {
             let dialled = tokio::select! {
                 result = self.dial() => result,
@@ -131,9 +165,27 @@ impl Slot {
             };
             self.token_changes.borrow_and_update();
             match dialled {
-                Ok(io) => {
+                Ok((io, Some(replica)))
+                    if spread_redials < SPREAD_REDIALS
+                        && let Some(other) = self.replicas.taken(slot, &replica) =>
+                {
+                    drop(io);
+                    spread_redials += 1;
+                    tracing::debug!(slot, %replica, other_slot = other, attempt = spread_redials,
+                        "session landed on a relay replica another slot uses; redialling to spread");
+                    let delay = Duration::from_millis(
+                        rand::random_range(50..=200) * u64::from(spread_redials),
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue 'reconnect,
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                Ok((io, replica)) => {
+                    spread_redials = 0;
+                    self.replicas.set(slot, replica.clone());
                     let mut live = self.spawn_session(io);
-                    tracing::info!(slot, relay = %self.config.relay.url, "session up");
+                    tracing::info!(slot, relay = %self.config.relay.url, replica = replica.as_deref().unwrap_or("-"), "session up");
                     opened += 1;
                     if opened > 1 {
                         self.dispatcher.borrow().audit_log().metrics().reconnected();
@@ -141,6 +193,7 @@ impl Slot {
                     loop {
                         tokio::select! {
                             why = &mut live.done => {
+                                self.replicas.set(slot, None);
                                 let why = why.unwrap_or_else(|e| format!("session task failed: {e}"));
                                 tracing::info!(slot, reason = %why, "session ended");
                                 if live.started.elapsed() >= STABLE_AFTER {
@@ -155,7 +208,8 @@ impl Slot {
                             }
                             Ok(()) = self.token_changes.changed() => {
                                 match self.dial().await {
-                                    Ok(io) => {
+                                    Ok((io, replica)) => {
+                                        self.replicas.set(slot, replica);
                                         let new = self.spawn_session(io);
                                         // Drain the old session only once the relay routes to
                                         // the new one, so no request finds none.
@@ -193,7 +247,7 @@ impl Slot {
         }
     }
 
-    async fn dial(&self) -> Result<WsIo<Box<dyn Io>>, DialError> {
+    async fn dial(&self) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
         tokio::time::timeout(DIAL_TIMEOUT, dial(&self.config, &self.tls))
             .await
             .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
@@ -315,10 +369,11 @@ pub async fn probe(config: &AgentConfig, tls: &Arc<rustls::ClientConfig>) -> Res
 }
 
 /// One attempt: TCP, TLS if `wss`, WebSocket upgrade with our headers.
+/// The session, and the relay replica holding it (cluster mode).
 async fn dial(
     config: &AgentConfig,
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<WsIo<Box<dyn Io>>, DialError> {
+) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
     let url = &config.relay.url;
     let secure = url.scheme_str() == Some("wss");
     let host = url.host().unwrap_or_default().to_owned();
@@ -366,7 +421,12 @@ async fn dial(
             protocol::SUBPROTOCOL_V1
         )));
     }
-    Ok(WsIo::new(ws))
+    let replica = response
+        .headers()
+        .get(protocol::header::REPLICA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((WsIo::new(ws), replica))
 }
 
 fn handshake_request(

@@ -96,6 +96,24 @@ async fn call(method: &str, url: &str, key: &str) -> (StatusCode, http::HeaderMa
     (status, headers)
 }
 
+/// The replica each slot's latest session is on, from the agent's log.
+fn replicas_of(agent: &Agent) -> BTreeMap<String, String> {
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    let mut by_slot = BTreeMap::new();
+    for line in agent.log.lock().unwrap().iter() {
+        if line.contains("session up")
+            && let (Some(slot), Some(replica)) = (field(line, "slot="), field(line, "replica="))
+        {
+            by_slot.insert(slot, replica);
+        }
+    }
+    by_slot
+}
+
 fn agent_of(headers: &http::HeaderMap) -> String {
     headers
         .get("tether-agent")
@@ -111,6 +129,16 @@ async fn every_replica_reaches_every_agent_and_a_peer_hop_is_measured() {
     let _beta = c.agent_on(&url, "beta", "beta", 2);
     c.wait_total(4).await;
     eprintln!("sessions per replica: {:?}", c.sessions().await);
+    for agent in [&_alpha, &_beta] {
+        let slots = replicas_of(agent);
+        assert_eq!(slots.len(), 2, "{slots:?}");
+        let replicas: std::collections::BTreeSet<_> = slots.values().collect();
+        assert_eq!(
+            replicas.len(),
+            2,
+            "an agent's sessions on two replicas: {slots:?}"
+        );
+    }
 
     for relay in &c.relays {
         for route in ["alpha", "beta"] {

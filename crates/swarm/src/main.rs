@@ -95,6 +95,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sessions: sessions.clone(),
             token_changes: token_rx.clone(),
             tracker: tracker.clone(),
+            // One session per swarm agent: nothing to spread.
+            replicas: Arc::default(),
         };
         tracker.spawn(slot.run(shutdown.clone()));
     }
