@@ -142,6 +142,8 @@ struct Live {
     /// Notified once the relay has asked this session for the agent's info:
     /// from then on the relay routes requests to it.
     registered: Arc<tokio::sync::Notify>,
+    /// Notified when the relay says it is shutting down.
+    relay_draining: Arc<tokio::sync::Notify>,
 }
 
 /// How long a replacement session may take to be registered by the relay
@@ -191,6 +193,7 @@ impl Slot {
                         self.dispatcher.borrow().audit_log().metrics().reconnected();
                     }
                     loop {
+                        let relay_draining = live.relay_draining.clone();
                         tokio::select! {
                             why = &mut live.done => {
                                 self.replicas.set(slot, None);
@@ -206,10 +209,16 @@ impl Slot {
                                 let _ = (&mut live.done).await;
                                 break 'reconnect;
                             }
-                            Ok(()) = self.token_changes.changed() => {
+                            renewal = async {
+                                tokio::select! {
+                                    Ok(()) = self.token_changes.changed() => "new token or configuration",
+                                    () = relay_draining.notified() => "relay replica draining",
+                                }
+                            } => {
+                                tracing::info!(slot, reason = renewal, "opening a replacement session");
                                 match self.dial().await {
                                     Ok((io, replica)) => {
-                                        self.replicas.set(slot, replica);
+                                        self.replicas.set(slot, replica.clone());
                                         let new = self.spawn_session(io);
                                         // Drain the old session only once the relay routes to
                                         // the new one, so no request finds none.
@@ -222,10 +231,11 @@ impl Slot {
                                         let old = std::mem::replace(&mut live, new);
                                         old.drain.cancel();
                                         self.tracker.spawn(old.done);
-                                        tracing::info!(slot, "new session in use; previous session draining");
+                                        tracing::info!(slot, replica = replica.as_deref().unwrap_or("-"),
+                                            "new session in use; previous session draining");
                                     }
-                                    Err(e) => tracing::warn!(slot, error = %e,
-                                        "the new token was not accepted; keeping the current session"),
+                                    Err(e) => tracing::warn!(slot, error = %e, reason = renewal,
+                                        "cannot open a replacement session; keeping the current one"),
                                 }
                             }
                         }
@@ -261,9 +271,11 @@ impl Slot {
         let token = drain.clone();
         let registered = Arc::new(tokio::sync::Notify::new());
         let notify = registered.clone();
+        let relay_draining = Arc::new(tokio::sync::Notify::new());
+        let draining = relay_draining.clone();
         let done = tokio::spawn(async move {
             sessions.0.fetch_add(1, Ordering::Relaxed);
-            let why = serve_session(io, &config, dispatcher, &token, notify).await;
+            let why = serve_session(io, &config, dispatcher, &token, notify, draining).await;
             sessions.0.fetch_sub(1, Ordering::Relaxed);
             why
         });
@@ -272,6 +284,7 @@ impl Slot {
             done,
             started: Instant::now(),
             registered,
+            relay_draining,
         }
     }
 }
@@ -319,14 +332,26 @@ async fn serve_session(
     dispatcher: watch::Receiver<Arc<Dispatcher>>,
     drain: &CancellationToken,
     registered: Arc<tokio::sync::Notify>,
+    relay_draining: Arc<tokio::sync::Notify>,
 ) -> String {
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let dispatcher = dispatcher.borrow().clone();
-        let info_request = req.uri().authority().map(|a| a.as_str())
-            == Some(protocol::CONTROL_AUTHORITY)
-            && req.uri().path() == protocol::CONTROL_INFO_PATH;
+        let control =
+            req.uri().authority().map(|a| a.as_str()) == Some(protocol::CONTROL_AUTHORITY);
+        let info_request = control && req.uri().path() == protocol::CONTROL_INFO_PATH;
+        let draining_notice = control
+            && req.method() == http::Method::POST
+            && req.uri().path() == protocol::CONTROL_DRAINING_PATH;
         let registered = registered.clone();
+        let relay_draining = relay_draining.clone();
         async move {
+            if draining_notice {
+                // Answered here: it concerns this session, not the dispatcher.
+                relay_draining.notify_one();
+                let mut response = http::Response::new(tether_wire::empty_body());
+                *response.status_mut() = http::StatusCode::NO_CONTENT;
+                return Ok(response);
+            }
             let response = dispatcher.handle(req).await;
             if info_request {
                 // notify_one keeps a permit if nobody waits yet.

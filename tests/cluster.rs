@@ -105,7 +105,7 @@ fn replicas_of(agent: &Agent) -> BTreeMap<String, String> {
     };
     let mut by_slot = BTreeMap::new();
     for line in agent.log.lock().unwrap().iter() {
-        if line.contains("session up")
+        if (line.contains("session up") || line.contains("new session in use"))
             && let (Some(slot), Some(replica)) = (field(line, "slot="), field(line, "replica="))
         {
             by_slot.insert(slot, replica);
@@ -315,4 +315,69 @@ async fn a_swarm_of_1000_agents_spreads_evenly_over_three_replicas() {
             "each replica within ±20 % of 333: {counts:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_moves_its_agents_and_finishes_forwarded_requests() {
+    let mut c = cluster(3).await;
+    let agent = c.agent_on(&c.balancer.agent_url(), "agent-a", "sample", 1);
+    c.wait_total(1).await;
+    let holder = c.sessions().await.iter().position(|n| *n == 1).unwrap();
+    let caller_side = (holder + 1) % 3;
+    let target = c.relays[caller_side].url("/v1/routes/sample/slow/1500");
+    until(Duration::from_secs(10), "routed through a peer", || async {
+        call(
+            "GET",
+            &c.relays[caller_side].url("/v1/routes/sample/echo"),
+            &c.key,
+        )
+        .await
+        .0 == StatusCode::OK
+    })
+    .await;
+    let before = c.upstream.count().await;
+    let key = c.key.clone();
+    let caller = tokio::spawn(async move { call("POST", &target, &key).await });
+    until(
+        Duration::from_secs(5),
+        "request reaches the upstream",
+        || async { c.upstream.count().await > before },
+    )
+    .await;
+    c.relays[holder].signal("TERM");
+    let moved = until(
+        Duration::from_secs(10),
+        "session moved to another replica",
+        || async {
+            replicas_of(&agent)
+                .get("0")
+                .is_some_and(|r| *r != format!("relay-{}", holder + 1))
+        },
+    )
+    .await;
+    let (status, headers) = caller.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "forwarded POST in flight finished");
+    assert_eq!(agent_of(&headers), "agent-a");
+    let exit = c.relays[holder].wait();
+    assert!(exit.success(), "drained replica exits 0: {exit:?}");
+    eprintln!("draining replica: agent's session elsewhere after {moved:?}");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+    for i in survivors {
+        let url = c.relays[i].url("/v1/routes/sample/echo");
+        until(
+            Duration::from_secs(10),
+            "served after the drain",
+            || async { call("GET", &url, &c.key).await.0 == StatusCode::OK },
+        )
+        .await;
+    }
+    assert!(
+        agent
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("relay replica draining")),
+        "the agent was told"
+    );
 }

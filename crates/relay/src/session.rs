@@ -31,6 +31,9 @@ use crate::registry::AgentSession;
 /// sends at most [`tether_wire::ws_io::DEFAULT_MAX_MESSAGE`] per message.
 /// How long the agent has to answer the info request after the upgrade.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
+/// In a cluster, how long a draining replica waits for an agent to move
+/// its session to another replica (it closes the old one with GOAWAY).
+const AGENT_MOVE_GRACE: Duration = Duration::from_secs(2);
 /// Largest info document accepted.
 const MAX_INFO_BYTES: usize = 64 * 1024;
 
@@ -274,7 +277,15 @@ async fn run_session(
     state.registry.remove(&session);
     if !connection.is_finished() {
         if drain_first {
+            // The agent opens a replacement session (on another replica, in
+            // a cluster) and sends GOAWAY here once it is up; requests in
+            // flight finish either way.
+            crate::watcher::control_post(&session, protocol::CONTROL_DRAINING_PATH, Vec::new());
             drain(&session, state.config.drain_timeout).await;
+            if state.cluster.is_some() {
+                // Give the agent a moment to move before the session is cut.
+                let _ = tokio::time::timeout(AGENT_MOVE_GRACE, &mut connection).await;
+            }
         }
         connection.abort();
     }

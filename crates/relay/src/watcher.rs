@@ -89,15 +89,25 @@ pub(crate) fn notify_rotation(
         valid_until: until,
         token,
     };
-    let Ok(request) = http::Request::post(format!(
-        "http://{}{}",
-        protocol::CONTROL_AUTHORITY,
-        protocol::CONTROL_ROTATED_PATH
-    ))
-    .header(http::header::CONTENT_TYPE, "application/json")
-    .body(tether_wire::full_body(
+    control_post(
+        session,
+        protocol::CONTROL_ROTATED_PATH,
         serde_json::to_vec(&notice).unwrap_or_default(),
-    )) else {
+    );
+}
+
+/// POSTs `body` (JSON) to the agent's control `path` on `session`, in the
+/// background; the answer does not matter.
+pub(crate) fn control_post(
+    session: &Arc<crate::registry::AgentSession>,
+    path: &str,
+    body: Vec<u8>,
+) {
+    use tether_wire::protocol;
+    let Ok(request) = http::Request::post(format!("http://{}{path}", protocol::CONTROL_AUTHORITY))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(tether_wire::full_body(body))
+    else {
         return;
     };
     let (mut sender, in_flight) = session.begin_request();

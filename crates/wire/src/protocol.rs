@@ -31,6 +31,11 @@ pub const CONTROL_RESOLVE_PATH: &str = "/v1/secrets/resolve";
 /// Control path telling an agent its token was rotated ([`RotationNotice`]).
 pub const CONTROL_ROTATED_PATH: &str = "/v1/token/rotated";
 
+/// Control path: the relay (replica) holding this session is shutting
+/// down; the agent opens a replacement session (landing on another
+/// replica) and then drains this one with GOAWAY.
+pub const CONTROL_DRAINING_PATH: &str = "/v1/relay/draining";
+
 /// Sent to the sessions opened with a token's old secret after a rotation.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationNotice {
