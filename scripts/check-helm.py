@@ -41,6 +41,17 @@ CASES = {
     "token-value": {"token": {"value": "tta_0123456789abcdef_x"}, "replicaCount": 1},
 }
 
+RELAY_CHART = CHART.parent / "tether-relay"
+RELAY_CASES = {
+    "relay-defaults": {},
+    "relay-secrets": {
+        "store": {"existingSecret": "relay-db", "existingSecretKey": "dsn"},
+        "peerKey": {"value": "0123456789abcdef-peer"},
+        "adminKey": {"existingSecret": "relay-admin"},
+        "extraConfig": "[limits]\ncaller_rate = 50\n",
+    },
+}
+
 
 def fail(message):
     print(f"FAIL: {message}", file=sys.stderr)
@@ -77,6 +88,68 @@ def main():
                 fail(f"kubernetes-validate {case}:\n{result.stdout}{result.stderr}")
             kinds = ", ".join(sorted(k for k, _ in docs))
             print(f"==> render {case}: {kinds}; kubernetes-validate -k {KUBE} --strict: valid")
+    relay_charts()
+
+
+def validate(case, docs, tmp):
+    out = Path(tmp) / f"{case}.yaml"
+    out.write_text("\n---\n".join(yaml.safe_dump(d) for d in docs.values()))
+    result = subprocess.run(
+        ["kubernetes-validate", "-k", KUBE, "--strict", "--quiet", str(out)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        fail(f"kubernetes-validate {case}:\n{result.stdout}{result.stderr}")
+
+
+def relay_charts():
+    """packaging/helm/tether-relay: lint, render, the relay accepts the
+    rendered relay.toml (as a replica would see it), manifests valid."""
+    report = helm.lint(str(RELAY_CHART), strict=True, kube_version=f"v{KUBE}")
+    findings = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    if report.get("errors") or findings:
+        fail(f"helm lint --strict (relay): {report}")
+    print(f"==> helm lint --strict tether-relay: clean ({len(report.get('messages', []))} info messages)")
+    chart = helm.Chart.load(str(RELAY_CHART))
+    relay = RELAY_CHART.parent.parent.parent / "target/debug/tether-relay"
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, values in RELAY_CASES.items():
+            rendered = chart.render(values, name="tether", namespace="portal", is_install=True)
+            docs = {}
+            for path, text in rendered.items():
+                if path.endswith("NOTES.txt"):
+                    continue
+                for doc in yaml.safe_load_all(text):
+                    if doc:
+                        docs[(doc["kind"], doc["metadata"]["name"])] = doc
+            sts = docs[("StatefulSet", "tether-tether-relay")]
+            peers = docs[("Service", "tether-tether-relay-peers")]
+            if peers["spec"]["clusterIP"] != "None" or sts["spec"]["serviceName"] != "tether-tether-relay-peers":
+                fail(f"{case}: peers need a headless Service named by the StatefulSet")
+            if ("PodDisruptionBudget", "tether-tether-relay") not in docs:
+                fail(f"{case}: no PDB")
+            env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+            store_secret = env["TETHER_RELAY_STORE_URL"]["valueFrom"]["secretKeyRef"]
+            if values.get("store") and store_secret != {"name": "relay-db", "key": "dsn"}:
+                fail(f"{case}: store URL secret {store_secret}")
+            config = Path(tmp) / f"{case}.toml"
+            config.write_text(docs[("ConfigMap", "tether-tether-relay")]["data"]["relay.toml"])
+            key = Path(tmp) / "peer.key"
+            key.write_text("0123456789abcdef-peer\n")
+            text = config.read_text().replace("/etc/tether/peer/key", str(key))
+            config.write_text(text)
+            result = subprocess.run(
+                [str(relay), "--config", str(config), "check"],
+                capture_output=True, text=True,
+                env={"PATH": "/usr/bin:/bin", "HOSTNAME": "tether-tether-relay-0",
+                     "TETHER_RELAY_STORE_URL": "postgres://tether@db/tether",
+                     "TETHER_RELAY_ADVERTISE": "http://tether-tether-relay-0.tether-tether-relay-peers.portal.svc:9470"},
+            )
+            if result.returncode != 0:
+                fail(f"{case}: the relay refuses the rendered config:\n{result.stdout}{result.stderr}")
+            validate(case, docs, tmp)
+            kinds = ", ".join(sorted(k for k, _ in docs))
+            print(f"==> render {case}: {kinds}; relay check: {result.stdout.strip()}; kubernetes-validate: valid")
 
 
 def agent_check(case, docs, tmp):

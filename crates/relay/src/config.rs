@@ -277,12 +277,24 @@ impl RelayConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &source)
+        Self::parse_with(path, &source, |name| std::env::var(name).ok())
     }
 
     /// Parses and validates `source`, naming `path` in errors.
     pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(source).map_err(|e| {
+        Self::parse_with(path, source, |_| None)
+    }
+
+    /// [`RelayConfig::parse`] with environment overrides, for values that
+    /// are secret or differ per replica while the file is shared:
+    /// `TETHER_RELAY_STORE_URL` (`[store] url`, which may hold a database
+    /// password) and `TETHER_RELAY_ADVERTISE` (`[cluster] advertise`).
+    pub fn parse_with(
+        path: &Path,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(source).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| {
                 tether_wire::config_location::line_col(source, s.start)
             });
@@ -293,6 +305,15 @@ impl RelayConfig {
                 message: e.message().to_owned(),
             }
         })?;
+        if let Some(url) = env("TETHER_RELAY_STORE_URL").filter(|u| !u.trim().is_empty()) {
+            config.store.url = url.trim().to_owned();
+        }
+        if let (Some(cluster), Some(url)) = (
+            config.cluster.as_mut(),
+            env("TETHER_RELAY_ADVERTISE").filter(|u| !u.trim().is_empty()),
+        ) {
+            cluster.advertise = Some(url.trim().to_owned());
+        }
         config.validate(path, source)?;
         Ok(config)
     }
@@ -388,6 +409,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("r.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn cluster_needs_postgres_and_says_where() {
+        let text = "[listen]\npublic = \"127.0.0.1:8080\"\n\n[cluster]\npeer_listen = \"0.0.0.0:9470\"\n\
+                    peer_key_file = \"/k\"\nadvertise = \"http://relay-0.peers:9470\"\n";
+        let err = RelayConfig::parse(Path::new("r.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:4: [cluster] needs a Postgres store"),
+            "{err}"
+        );
+        let env = |name: &str| {
+            (name == "TETHER_RELAY_STORE_URL").then(|| "postgres://u:pw@db/tether".to_owned())
+        };
+        let c = RelayConfig::parse_with(Path::new("r.toml"), text, env).unwrap();
+        assert_eq!(c.store.url, "postgres://u:pw@db/tether");
+        let wildcard = text.replace("advertise = \"http://relay-0.peers:9470\"\n", "");
+        let err = RelayConfig::parse_with(Path::new("r.toml"), &wildcard, env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("advertise is required"), "{err}");
+        let advertised = |name: &str| match name {
+            "TETHER_RELAY_STORE_URL" => Some("postgres://db/tether".to_owned()),
+            "TETHER_RELAY_ADVERTISE" => Some("http://10.1.2.3:9470".to_owned()),
+            _ => None,
+        };
+        let c = RelayConfig::parse_with(Path::new("r.toml"), &wildcard, advertised).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.advertised(), "http://10.1.2.3:9470");
+        assert_eq!(cluster.lease, Duration::from_secs(15));
     }
 
     #[test]

@@ -35,6 +35,9 @@ struct Cli {
 enum Command {
     /// Run the relay.
     Serve,
+    /// Check the configuration file (with its environment overrides) and
+    /// exit: 0 if the relay would accept it.
+    Check,
     /// Agent tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -159,6 +162,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve => serve(config).await,
+        Command::Check => {
+            println!(
+                "configuration ok{}",
+                config
+                    .cluster
+                    .as_ref()
+                    .map(|c| format!(
+                        " (cluster mode: replica {}, peers reach it at {})",
+                        c.replica_id,
+                        c.advertised()
+                    ))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
         // Answered in main, before the runtime starts.
         Command::Completions { .. } => Ok(()),
         Command::Tokens(TokensCommand::Create {
