@@ -68,27 +68,26 @@ def main():
     chart = helm.Chart.load(str(CHART))
     with tempfile.TemporaryDirectory() as tmp:
         for case, values in CASES.items():
-            rendered = chart.render(values, name="tether", namespace="portal", is_install=True)
-            docs = {}
-            for path, text in rendered.items():
-                if path.endswith("NOTES.txt"):
-                    continue
-                for doc in yaml.safe_load_all(text):
-                    if doc:
-                        docs[(doc["kind"], doc["metadata"]["name"])] = doc
+            docs = render(chart, values)
             check(case, values, docs)
             agent_check(case, docs, Path(tmp))
-            out = Path(tmp) / f"{case}.yaml"
-            out.write_text("\n---\n".join(yaml.safe_dump(d) for d in docs.values()))
-            result = subprocess.run(
-                ["kubernetes-validate", "-k", KUBE, "--strict", "--quiet", str(out)],
-                capture_output=True, text=True,
-            )
-            if result.returncode != 0:
-                fail(f"kubernetes-validate {case}:\n{result.stdout}{result.stderr}")
+            validate(case, docs, tmp)
             kinds = ", ".join(sorted(k for k, _ in docs))
             print(f"==> render {case}: {kinds}; kubernetes-validate -k {KUBE} --strict: valid")
     relay_charts()
+
+
+def render(chart, values):
+    """The chart's manifests rendered with `values`, by (kind, name)."""
+    rendered = chart.render(values, name="tether", namespace="portal", is_install=True)
+    docs = {}
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
 
 
 def validate(case, docs, tmp):
@@ -114,14 +113,7 @@ def relay_charts():
     relay = RELAY_CHART.parent.parent.parent / "target/debug/tether-relay"
     with tempfile.TemporaryDirectory() as tmp:
         for case, values in RELAY_CASES.items():
-            rendered = chart.render(values, name="tether", namespace="portal", is_install=True)
-            docs = {}
-            for path, text in rendered.items():
-                if path.endswith("NOTES.txt"):
-                    continue
-                for doc in yaml.safe_load_all(text):
-                    if doc:
-                        docs[(doc["kind"], doc["metadata"]["name"])] = doc
+            docs = render(chart, values)
             sts = docs[("StatefulSet", "tether-tether-relay")]
             peers = docs[("Service", "tether-tether-relay-peers")]
             if peers["spec"]["clusterIP"] != "None" or sts["spec"]["serviceName"] != "tether-tether-relay-peers":
