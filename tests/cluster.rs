@@ -192,6 +192,15 @@ async fn every_replica_reaches_every_agent_and_a_peer_hop_is_measured() {
         median.insert(label, times[times.len() / 2]);
     }
     eprintln!("median GET latency, 200 sequential requests: {median:?}");
+    let forwarded = c.relays[1]
+        .metric("tether_relay_peer_forwarded_total{outcome=\"answered\"}")
+        .await;
+    let served = c.relays[0].metric("tether_relay_peer_served_total").await;
+    assert!(
+        forwarded >= 200 && served >= 200,
+        "{forwarded} forwarded, {served} served"
+    );
+    assert!(c.relays[1].metric("tether_relay_remote_agents").await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

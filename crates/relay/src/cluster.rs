@@ -333,6 +333,17 @@ impl Cluster {
             .clone()
     }
 
+    /// Remote agent instances known, and the replicas holding them.
+    pub(crate) fn known(&self) -> (usize, usize) {
+        let remote = self
+            .remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let replicas: HashSet<&str> = remote.iter().map(|a| a.replica.as_str()).collect();
+        (remote.len(), replicas.len())
+    }
+
     async fn register(&self) -> Result<(), sqlx::Error> {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
@@ -639,6 +650,7 @@ pub(crate) async fn handle_peer(
         tracing::warn!("peer request refused: wrong or missing peer key");
         return Problem::new(ErrorCode::Unauthorized, "peer key required").into_response();
     }
+    state.metrics.peer_served();
     let text = |name| {
         req.headers()
             .get(name)

@@ -208,9 +208,11 @@ impl Call {
             {
                 Ok((response, in_flight)) => {
                     let (mut parts, body) = response.into_parts();
-                    if parts.headers.remove(peer::MISS).is_some()
-                        && let Some(again) = replay.as_ref().map(Replay::request)
-                    {
+                    let miss = parts.headers.remove(peer::MISS).is_some();
+                    state
+                        .metrics
+                        .peer_forwarded(if miss { "miss" } else { "answered" });
+                    if miss && let Some(again) = replay.as_ref().map(Replay::request) {
                         tracing::debug!(request_id = %self.request_id, replica = %target.replica,
                             "peer had no session any more; trying another");
                         request = again;
@@ -223,10 +225,17 @@ impl Call {
                     };
                     return Response::from_parts(parts, body.boxed());
                 }
-                Err(PeerError::Unsent(unsent)) => request = *unsent,
+                Err(PeerError::Unsent(unsent)) => {
+                    state.metrics.peer_forwarded("unsent");
+                    request = *unsent;
+                }
                 Err(PeerError::Lost(e)) => match replay.as_ref().map(Replay::request) {
-                    Some(again) => request = again,
+                    Some(again) => {
+                        state.metrics.peer_forwarded("lost");
+                        request = again;
+                    }
                     None => {
+                        state.metrics.peer_forwarded("lost");
                         tracing::info!(request_id = %self.request_id, replica = %target.replica,
                             error = %e, "request lost with its peer replica");
                         return self.fail(

@@ -358,6 +358,7 @@ async fn handle_admin(
                 sessions: &sessions,
                 auth: state.limiter.counts(),
                 callers_limited: state.callers.as_ref().map_or(0, |c| c.limited()),
+                remote: state.cluster.as_ref().map(|c| c.known()),
             });
             let mut response = plain(StatusCode::OK, &body);
             response.headers_mut().insert(

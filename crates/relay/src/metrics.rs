@@ -22,6 +22,11 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountLabel {
     account: String,
 }
@@ -35,6 +40,10 @@ pub struct Metrics {
     auth_failures: Counter,
     auth_limited: Counter,
     callers_limited: Counter,
+    peer_forwarded: Family<OutcomeLabel, Counter>,
+    peer_served: Counter,
+    remote_agents: Gauge,
+    peer_replicas: Gauge,
     scrape: Mutex<()>,
 }
 
@@ -49,6 +58,10 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             auth_limited: Counter::default(),
             callers_limited: Counter::default(),
+            peer_forwarded: Family::default(),
+            peer_served: Counter::default(),
+            remote_agents: Gauge::default(),
+            peer_replicas: Gauge::default(),
             scrape: Mutex::new(()),
         };
         registry.register(
@@ -81,6 +94,27 @@ impl Default for Metrics {
             "Caller requests refused by [limits] caller_rate",
             m.callers_limited.clone(),
         );
+        registry.register(
+            "peer_forwarded",
+            "Cluster mode: requests sent to a peer replica, by outcome \
+             (answered; unsent, miss or lost: tried elsewhere or answered 502)",
+            m.peer_forwarded.clone(),
+        );
+        registry.register(
+            "peer_served",
+            "Cluster mode: requests peer replicas sent here",
+            m.peer_served.clone(),
+        );
+        registry.register(
+            "remote_agents",
+            "Cluster mode: agent instances held by other live replicas",
+            m.remote_agents.clone(),
+        );
+        registry.register(
+            "peer_replicas",
+            "Cluster mode: other live replicas holding agents",
+            m.peer_replicas.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -93,6 +127,8 @@ pub struct Snapshot<'a> {
     pub auth: (u64, u64),
     /// Requests refused by the caller rate limit.
     pub callers_limited: u64,
+    /// Cluster mode: remote agent instances and the replicas holding them.
+    pub remote: Option<(usize, usize)>,
 }
 
 impl Metrics {
@@ -103,6 +139,18 @@ impl Metrics {
                 code: status.as_u16().to_string(),
             })
             .inc();
+    }
+
+    /// Counts one request sent to a peer replica by its outcome.
+    pub fn peer_forwarded(&self, outcome: &'static str) {
+        self.peer_forwarded
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one request a peer replica sent here.
+    pub fn peer_served(&self) {
+        self.peer_served.inc();
     }
 
     /// The OpenMetrics text.
@@ -129,6 +177,12 @@ impl Metrics {
         catch_up(&self.auth_failures, now.auth.0);
         catch_up(&self.auth_limited, now.auth.1);
         catch_up(&self.callers_limited, now.callers_limited);
+        if let Some((agents, replicas)) = now.remote {
+            self.remote_agents
+                .set(i64::try_from(agents).unwrap_or(i64::MAX));
+            self.peer_replicas
+                .set(i64::try_from(replicas).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
