@@ -20,7 +20,7 @@ struct Cluster {
     upstream: Upstream,
     token: String,
     key: String,
-    _pg: Postgres,
+    pg: Postgres,
     _dir: tempfile::TempDir,
 }
 
@@ -42,7 +42,7 @@ async fn cluster(replicas: usize) -> Cluster {
         upstream,
         token,
         key,
-        _pg: pg,
+        pg,
         _dir: dir,
     }
 }
@@ -389,4 +389,25 @@ async fn a_draining_replica_moves_its_agents_and_finishes_forwarded_requests() {
             .any(|l| l.contains("relay replica draining")),
         "the agent was told"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_wiped_from_the_store_is_written_again() {
+    let c = cluster(2).await;
+    let _agent = c.agent_on(&c.relays[1].agent_url(), "agent-a", "sample", 1);
+    let via_peer = c.relays[0].url("/v1/routes/sample/echo");
+    let routes = || async { call("GET", &via_peer, &c.key).await.0 == StatusCode::OK };
+    until(Duration::from_secs(10), "routed through the peer", routes).await;
+    // An operator (or a restore) empties the presence tables.
+    c.pg.psql("DELETE FROM cluster_replicas");
+    // Past two heartbeats (lease 3 s: one a second), both replicas have
+    // noticed; without republishing, relay-1 would know no agent now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let back = until(
+        Duration::from_secs(10),
+        "relay-2 republishes its sessions",
+        routes,
+    )
+    .await;
+    eprintln!("presence written again and routed after {back:?}");
 }

@@ -368,7 +368,9 @@ impl Cluster {
         tx.commit().await
     }
 
-    async fn heartbeat(&self) -> Result<(), sqlx::Error> {
+    /// Renews the lease; `true` if the replica's row had gone and was
+    /// registered again (its sessions must then be published anew).
+    async fn heartbeat(&self) -> Result<bool, sqlx::Error> {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let updated = sqlx::query(
             "UPDATE cluster_replicas SET heartbeat = (extract(epoch from now()) * 1000)::bigint, \
@@ -380,10 +382,11 @@ impl Cluster {
         .await?;
         if updated.rows_affected() == 0 {
             // Removed under us (another replica with our id drained): put
-            // it back, sessions and all, at the next sync.
+            // it back, sessions and all.
             self.register().await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes the difference between the sessions this replica holds and
@@ -568,10 +571,14 @@ pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
                 if listener.is_none() {
                     listener = listen(&cluster.url).await;
                 }
-                let beat = if registered { cluster.heartbeat().await } else { cluster.register().await };
+                let beat = if registered {
+                    cluster.heartbeat().await
+                } else {
+                    cluster.register().await.map(|()| true)
+                };
                 match beat {
-                    Ok(()) => {
-                        force = !registered;
+                    Ok(anew) => {
+                        force = anew;
                         registered = true;
                         if failing {
                             tracing::info!("cluster presence store reachable again");
