@@ -411,3 +411,47 @@ async fn presence_wiped_from_the_store_is_written_again() {
     .await;
     eprintln!("presence written again and routed after {back:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_peer_key_is_refused_and_the_caller_is_not_blamed() {
+    let c = cluster(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, "a-different-peer-key-9876543210\n").unwrap();
+    let stranger = Relay::start_replica(&c.pg.url, "relay-x", &other_key);
+    let _agent = c.agent_on(&stranger.agent_url(), "agent-a", "sample", 1);
+    until(Duration::from_secs(10), "session on relay-x", || async {
+        stranger.sessions().await == 1
+    })
+    .await;
+    let target = c.relays[0].url("/v1/routes/sample/echo");
+    until(Duration::from_secs(10), "relay-1 tries relay-x", || async {
+        c.relays[0]
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("must hold the same key"))
+            || {
+                let _ = call("POST", &target, &c.key).await;
+                false
+            }
+    })
+    .await;
+    let (status, _) = call("POST", &target, &c.key).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _) = call("GET", &target, &c.key).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "GET tried, then no agent"
+    );
+    assert!(
+        stranger
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("wrong or missing peer key"))
+    );
+}

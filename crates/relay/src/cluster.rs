@@ -655,7 +655,12 @@ pub(crate) async fn handle_peer(
     };
     if !cluster.admits(req.headers()) {
         tracing::warn!("peer request refused: wrong or missing peer key");
-        return Problem::new(ErrorCode::Unauthorized, "peer key required").into_response();
+        let mut response =
+            Problem::new(ErrorCode::Unauthorized, "peer key required").into_response();
+        response
+            .headers_mut()
+            .insert(header::MISS, HeaderValue::from_static("1"));
+        return response;
     }
     state.metrics.peer_served();
     let text = |name| {

@@ -212,6 +212,23 @@ impl Call {
                     state
                         .metrics
                         .peer_forwarded(if miss { "miss" } else { "answered" });
+                    if miss && parts.status == http::StatusCode::UNAUTHORIZED {
+                        // Never the caller's fault: the replicas' keys differ.
+                        tracing::error!(replica = %target.replica,
+                            "peer replica refused this replica's peer key: [cluster] peer_key_file must hold the same key on every replica");
+                        match replay.as_ref().map(Replay::request) {
+                            Some(again) => {
+                                request = again;
+                                continue;
+                            }
+                            None => {
+                                return self.fail(
+                                    ErrorCode::Internal,
+                                    "the relay could not reach the agent's replica",
+                                );
+                            }
+                        }
+                    }
                     if miss && let Some(again) = replay.as_ref().map(Replay::request) {
                         tracing::debug!(request_id = %self.request_id, replica = %target.replica,
                             "peer had no session any more; trying another");
