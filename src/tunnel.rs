@@ -130,6 +130,9 @@ impl Replicas {
     }
 }
 
+/// Why a slot opens a replacement session when the relay drains.
+const DRAINING: &str = "relay replica draining";
+
 /// Redials of one slot to land on a replica no other slot uses, before
 /// it takes a shared one (there may be fewer replicas than sessions).
 const SPREAD_REDIALS: u32 = 6;
@@ -212,7 +215,7 @@ impl Slot {
                             renewal = async {
                                 tokio::select! {
                                     Ok(()) = self.token_changes.changed() => "new token or configuration",
-                                    () = relay_draining.notified() => "relay replica draining",
+                                    () = relay_draining.notified() => DRAINING,
                                 }
                             } => {
                                 tracing::info!(slot, reason = renewal, "opening a replacement session");
@@ -234,6 +237,10 @@ impl Slot {
                                         tracing::info!(slot, replica = replica.as_deref().unwrap_or("-"),
                                             "new session in use; previous session draining");
                                     }
+                                    // A lone relay shutting down has no other replica
+                                    // to move to: expected, the session ends with it.
+                                    Err(e) if renewal == DRAINING => tracing::info!(slot, error = %e,
+                                        "no other relay replica reachable; this session ends when the relay has drained"),
                                     Err(e) => tracing::warn!(slot, error = %e, reason = renewal,
                                         "cannot open a replacement session; keeping the current one"),
                                 }
