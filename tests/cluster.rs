@@ -168,6 +168,26 @@ async fn every_replica_reaches_every_agent_and_a_peer_hop_is_measured() {
         }
     }
 
+    // Every replica lists every agent: its own sessions, and the others'
+    // agents with the replica holding them.
+    for relay in &c.relays {
+        let (status, _, body) = get(
+            &format!("http://{}/v1/admin/agents", relay.admin),
+            &[("authorization", "Bearer cluster-test-peer-key-0123456789")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let names: std::collections::BTreeSet<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["replica"].is_string())
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["alpha", "beta"].into(), "{list}");
+    }
+
     // The extra latency of a hop: an agent whose only session is on one
     // replica, called through that replica and through another.
     let _gamma = c.agent_on(&c.relays[0].agent_url(), "gamma", "gamma", 1);

@@ -122,15 +122,17 @@ impl Relay {
     }
 
     /// Starts replica `replica_id` of a cluster on the Postgres store at
-    /// `store_url`, sharing the peer key in `peer_key_file`.
+    /// `store_url`, sharing the peer key in `peer_key_file` (also its admin
+    /// API key).
     pub fn start_replica(store_url: &str, replica_id: &str, peer_key_file: &Path) -> Self {
         let peer = free_port();
         Self::start_on(
             &format!(
                 "[agents]\nping_interval = \"1s\"\nping_timeout = \"2s\"\n\
                  [cluster]\nreplica_id = \"{replica_id}\"\npeer_listen = \"127.0.0.1:{peer}\"\n\
-                 peer_key_file = \"{}\"\nlease = \"3s\"\n",
-                peer_key_file.display()
+                 peer_key_file = \"{key}\"\nlease = \"3s\"\n\
+                 [admin]\nkey_file = \"{key}\"\n",
+                key = peer_key_file.display()
             ),
             Some(store_url),
         )

@@ -212,13 +212,17 @@ async fn read<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Option<
     serde_json::from_slice(&bytes).ok()
 }
 
+/// This replica's sessions and, in cluster mode, the agent instances the
+/// other live replicas hold (from presence: no session id or load).
 fn agents(state: &State) -> serde_json::Value {
     let mut sessions = state.registry.sessions();
     sessions.sort_by_key(|s| s.id);
-    sessions
+    let replica = state.cluster.as_ref().map(|c| c.replica_id.clone());
+    let mut list: Vec<serde_json::Value> = sessions
         .iter()
         .map(|s| {
             serde_json::json!({
+                "replica": replica,
                 "session": s.id,
                 "account": s.account,
                 "name": s.info.name,
@@ -231,7 +235,20 @@ fn agents(state: &State) -> serde_json::Value {
                 "in_flight": s.in_flight(),
             })
         })
-        .collect()
+        .collect();
+    if let Some(cluster) = state.cluster.as_ref() {
+        list.extend(cluster.remote_agents().into_iter().map(|a| {
+            serde_json::json!({
+                "replica": a.replica,
+                "account": a.account,
+                "name": a.info.name,
+                "instance": a.info.instance,
+                "tags": a.info.tags,
+                "routes": a.info.routes,
+            })
+        }));
+    }
+    serde_json::Value::Array(list)
 }
 
 fn listing(records: &[crate::store::CredentialRecord]) -> serde_json::Value {

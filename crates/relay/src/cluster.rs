@@ -67,8 +67,8 @@ pub(crate) struct RemoteAgent {
     advertise: String,
     /// The replica's last heartbeat (ms, the database's clock).
     heartbeat: i64,
-    account: String,
-    info: AgentInfo,
+    pub(crate) account: String,
+    pub(crate) info: AgentInfo,
     /// Requests this replica has in flight to that replica.
     load: Arc<AtomicUsize>,
 }
@@ -331,6 +331,14 @@ impl Cluster {
             .entry(replica.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The agent instances other live replicas hold.
+    pub(crate) fn remote_agents(&self) -> Vec<RemoteAgent> {
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_vec()
     }
 
     /// Remote agent instances known, and the replicas holding them.

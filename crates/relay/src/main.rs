@@ -273,18 +273,25 @@ async fn agents(
         return Ok(());
     }
     println!(
-        "{:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  ROUTES",
-        "SESSION", "ACCOUNT", "AGENT", "INSTANCE", "TOKEN", "IN FLIGHT"
+        "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  ROUTES",
+        "REPLICA", "SESSION", "ACCOUNT", "AGENT", "INSTANCE", "TOKEN", "IN FLIGHT"
     );
+    // Other replicas' agents (cluster mode) come without session or load.
+    let or_dash = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     for a in list.as_array().into_iter().flatten() {
         println!(
-            "{:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  {}",
-            a["session"],
+            "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  {}",
+            or_dash(&a["replica"]),
+            or_dash(&a["session"]),
             a["account"].as_str().unwrap_or(""),
             a["name"].as_str().unwrap_or(""),
             a["instance"].as_str().unwrap_or(""),
-            a["token_id"].as_str().unwrap_or(""),
-            a["in_flight"],
+            a["token_id"].as_str().unwrap_or("-"),
+            or_dash(&a["in_flight"]),
             a["routes"]
                 .as_array()
                 .map(|r| r
