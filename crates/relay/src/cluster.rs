@@ -187,13 +187,15 @@ impl Cluster {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let candidates: Vec<RemoteAgent> = remote
-            .iter()
-            .filter(|a| a.account == account && !tried.contains(&a.replica))
-            .filter(|a| down.get(&a.replica).is_none_or(|at| a.heartbeat > *at))
-            .cloned()
-            .collect();
+        let candidates: Vec<RemoteAgent> = {
+            let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+            remote
+                .iter()
+                .filter(|a| a.account == account && !tried.contains(&a.replica))
+                .filter(|a| down.get(&a.replica).is_none_or(|at| a.heartbeat > *at))
+                .cloned()
+                .collect()
+        };
         registry::choose(&candidates, selector, route, usize::MAX, &mut rand::rng()).cloned()
     }
 
@@ -239,8 +241,12 @@ impl Cluster {
                     Err(PeerError::Unsent(Box::new(strip_peer_headers(unsent))))
                 }
                 None => {
-                    self.forget_sender(&target.replica);
-                    self.mark_down(target);
+                    // A stream error (say the caller's body failed) says
+                    // nothing about the peer; a dead connection does.
+                    if sender.is_closed() {
+                        self.forget_sender(&target.replica);
+                        self.mark_down(target);
+                    }
                     Err(PeerError::Lost(e.into_error()))
                 }
             },
