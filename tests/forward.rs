@@ -306,6 +306,16 @@ async fn redirects_body() {
     );
 }
 
+/// curl with `args` through the forward proxy: success, and its output.
+async fn curl(args: &[&str]) -> (bool, String) {
+    run(
+        "curl",
+        args.iter().map(|a| (*a).to_owned()).collect(),
+        vec![],
+    )
+    .await
+}
+
 /// Runs `program args…` off the async runtime, without proxy settings from
 /// the environment; its exit success and stdout+stderr.
 async fn run(program: &str, args: Vec<String>, env: Vec<(&'static str, String)>) -> (bool, String) {
@@ -358,19 +368,8 @@ async fn proxy_listener_body() {
     let target = format!("http://127.0.0.1:{port}/echo/through");
 
     // curl, absolute form, Basic with the key as password: injected header.
-    let (ok, out) = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "-x".into(),
-            proxy.clone(),
-            "--proxy-user".into(),
-            format!("portal:{key}"),
-            target.clone(),
-        ],
-        vec![],
-    )
-    .await;
+    let user = format!("portal:{key}");
+    let (ok, out) = curl(&["-sS", "-x", &proxy, "--proxy-user", &user, &target]).await;
     assert!(ok, "{out}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["path"], "/echo/through");
@@ -378,19 +377,16 @@ async fn proxy_listener_body() {
     assert!(doc["headers"].get("proxy-authorization").is_none());
 
     // curl, CONNECT tunnel (-p): end to end, nothing injected.
-    let (ok, out) = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "-p".into(),
-            "-x".into(),
-            proxy.clone(),
-            "--proxy-header".into(),
-            format!("Proxy-Authorization: Bearer {key}"),
-            target.clone(),
-        ],
-        vec![],
-    )
+    let bearer = format!("Proxy-Authorization: Bearer {key}");
+    let (ok, out) = curl(&[
+        "-sS",
+        "-p",
+        "-x",
+        &proxy,
+        "--proxy-header",
+        &bearer,
+        &target,
+    ])
     .await;
     assert!(ok, "{out}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -401,35 +397,12 @@ async fn proxy_listener_body() {
     );
 
     // CONNECT to a port outside connect_ports (the agent's admin port): refused.
-    let (ok, out) = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "-p".into(),
-            "-x".into(),
-            proxy.clone(),
-            "--proxy-user".into(),
-            format!("portal:{key}"),
-            format!("http://127.0.0.1:{}/metrics", agent.admin.port()),
-        ],
-        vec![],
-    )
-    .await;
+    let admin = format!("http://127.0.0.1:{}/metrics", agent.admin.port());
+    let (ok, out) = curl(&["-sS", "-p", "-x", &proxy, "--proxy-user", &user, &admin]).await;
     assert!(!ok && out.contains("403"), "{out}");
 
     // No key: 407 with a challenge.
-    let (_, out) = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "-i".into(),
-            "-x".into(),
-            proxy.clone(),
-            target.clone(),
-        ],
-        vec![],
-    )
-    .await;
+    let (_, out) = curl(&["-sS", "-i", "-x", &proxy, &target]).await;
     assert!(out.starts_with("HTTP/1.1 407"), "{out}");
     assert!(
         out.to_ascii_lowercase()
