@@ -339,8 +339,14 @@ impl RelayConfig {
                     "[cluster] needs a Postgres store ([store] url = \"postgres://…\"): replicas share presence and credentials through it; SQLite is for one relay process",
                 ));
             }
-            if cluster.replica_id.is_empty() || cluster.replica_id.len() > 253 {
-                return Err(at("[cluster] replica_id must be 1 to 253 characters"));
+            // It travels in a header (Tether-Replica) and names the pod.
+            if cluster.replica_id.is_empty()
+                || cluster.replica_id.len() > 253
+                || !cluster.replica_id.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(at(
+                    "[cluster] replica_id must be 1 to 253 visible ASCII characters (default: the hostname)",
+                ));
             }
             if cluster.advertise.is_none() && cluster.peer_listen.ip().is_unspecified() {
                 return Err(at(
@@ -427,6 +433,11 @@ mod tests {
         };
         let c = RelayConfig::parse_with(Path::new("r.toml"), text, env).unwrap();
         assert_eq!(c.store.url, "postgres://u:pw@db/tether");
+        let spaced = text.replace("[cluster]\n", "[cluster]\nreplica_id = \"relay one\"\n");
+        let err = RelayConfig::parse_with(Path::new("r.toml"), &spaced, env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("visible ASCII"), "{err}");
         let wildcard = text.replace("advertise = \"http://relay-0.peers:9470\"\n", "");
         let err = RelayConfig::parse_with(Path::new("r.toml"), &wildcard, env)
             .unwrap_err()
