@@ -445,17 +445,12 @@ async fn a_replica_with_another_peer_key_is_refused_and_the_caller_is_not_blamed
     })
     .await;
     let target = c.relays[0].url("/v1/routes/sample/echo");
+    // Presence may not have reached relay-1 yet: POST until it has tried
+    // relay-x (the log lock is not held across the request).
     until(Duration::from_secs(10), "relay-1 tries relay-x", || async {
-        c.relays[0]
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("must hold the same key"))
-            || {
-                let _ = call("POST", &target, &c.key).await;
-                false
-            }
+        let _ = call("POST", &target, &c.key).await;
+        let log = c.relays[0].log.lock().unwrap();
+        log.iter().any(|l| l.contains("must hold the same key"))
     })
     .await;
     let (status, _) = call("POST", &target, &c.key).await;
