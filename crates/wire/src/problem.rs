@@ -48,6 +48,13 @@ pub enum ErrorCode {
     /// 500: the relay or agent failed in a way the caller cannot fix
     /// (e.g. its store is unreachable). Details are in its log.
     Internal,
+    /// 502: the internal service's response headers (or trailers) are over
+    /// [`crate::protocol::MAX_HEADER_LIST_SIZE`]; the agent answers this
+    /// instead of sending a header block the session would die of.
+    UpstreamHeadersTooLarge,
+    /// 503: the agent cannot write its audit file (`[audit] required`):
+    /// it refuses requests rather than serve them without an audit line.
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -69,6 +76,8 @@ impl ErrorCode {
             Self::NoAgent => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::UpstreamHeadersTooLarge => StatusCode::BAD_GATEWAY,
+            Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -90,6 +99,8 @@ impl ErrorCode {
             Self::NoAgent => "no_agent",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal",
+            Self::UpstreamHeadersTooLarge => "upstream_headers_too_large",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -111,6 +122,8 @@ impl ErrorCode {
             Self::NoAgent => "No agent connected",
             Self::UpstreamTimeout => "Upstream timeout",
             Self::Internal => "Internal error",
+            Self::UpstreamHeadersTooLarge => "Upstream response headers too large",
+            Self::AuditUnavailable => "Audit trail unavailable",
         }
     }
 }
@@ -237,6 +250,8 @@ mod tests {
             ErrorCode::NoAgent,
             ErrorCode::UpstreamTimeout,
             ErrorCode::Internal,
+            ErrorCode::UpstreamHeadersTooLarge,
+            ErrorCode::AuditUnavailable,
         ];
         for code in all {
             let json = serde_json::to_string(&code).unwrap();

@@ -36,6 +36,16 @@ pub const CONTROL_ROTATED_PATH: &str = "/v1/token/rotated";
 /// replica) and then drains this one with GOAWAY.
 pub const CONTROL_DRAINING_PATH: &str = "/v1/relay/draining";
 
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` of every HTTP/2 connection that carries
+/// relayed traffic (relay ⇄ agent sessions, relay ⇄ peer replicas), in
+/// RFC 7541 §4.1 terms: the sum of name + value + 32 octets per field,
+/// pseudo-headers included. The relay's HTTP/2 clients advertise it; the
+/// agent never sends a header block (response headers or trailers) over
+/// it, answering 502 `upstream_headers_too_large` instead, because a
+/// block far over it is a connection error that would end the session and
+/// every other stream on it.
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
 /// Sent to the sessions opened with a token's old secret after a rotation.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationNotice {
