@@ -130,6 +130,8 @@ struct RawRoute {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     keys: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    allow_override_headers: bool,
 }
 
 // ---- the validated form --------------------------------------------------
@@ -243,6 +245,10 @@ pub struct Route {
     /// If set, only these caller API key ids may use the route (the relay
     /// names the key in a header callers cannot set).
     pub keys: Option<Vec<String>>,
+    /// Whether callers' method-override headers (`X-HTTP-Method-Override`,
+    /// `X-Original-URL`, …) reach the upstream; removed by default, since
+    /// the route's rules checked the request line, not what they say.
+    pub allow_override_headers: bool,
 }
 
 /// A header a route sets.
@@ -702,6 +708,7 @@ fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<R
         ca_file: raw.ca_file.map(Spanned::into_inner),
         timeout,
         keys,
+        allow_override_headers: raw.allow_override_headers,
     })
 }
 

@@ -17,7 +17,9 @@ use tether_wire::protocol::{self, AgentInfo, ResolveRequest, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem, full_body};
 
 use crate::audit::{self, AuditLog, AuditRecord, PendingRecord};
+use crate::body::{Counted, Direction};
 use crate::config::{AgentConfig, Route};
+use crate::hygiene;
 use crate::secret::SecretString;
 use crate::secrets::export::{self, Refusal};
 use crate::secrets::placeholder::{Origin, Template};
@@ -438,6 +440,7 @@ impl Dispatcher {
             ca_file: None,
             timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
             keys: None,
+            allow_override_headers: false,
         };
         self.call_upstream(
             req,
@@ -595,6 +598,9 @@ impl Dispatcher {
         strip_hop_by_hop(&mut parts.headers);
         strip_tether(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        if !route.allow_override_headers {
+            hygiene::strip_override_headers(&mut parts.headers);
+        }
         let caller_templates = match self.caller_placeholders(&parts.headers, route) {
             Ok(t) => t,
             Err(why) => {
@@ -617,8 +623,14 @@ impl Dispatcher {
                 return fail(ErrorCode::Denied, format!("unknown secret {name:?}"));
             }
             Err(e @ SecretError::Unavailable { .. }) => {
+                // The store's own text (paths, ids, its error) stays here.
+                tracing::warn!(request_id = %request_id, route = %route_name, error = %e,
+                    "secret unavailable");
                 audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
-                return fail(ErrorCode::SecretUnavailable, e.to_string());
+                return fail(
+                    ErrorCode::SecretUnavailable,
+                    format!("route {route_name}: a secret it needs is unavailable"),
+                );
             }
         };
         if let Err(name) = inject(&mut parts.headers, caller_templates, route, &values) {
@@ -629,18 +641,35 @@ impl Dispatcher {
             );
         }
         let bytes = Arc::new(audit::Bytes::default());
+        let route_writes = route.headers.iter().map(|h| h.name.clone()).collect();
         let body = Counted::new(
             body.map_err(BoxError::from).boxed(),
             bytes.clone(),
-            Direction::In,
+            Direction::In { route_writes },
             None,
         );
-        let upstream_req = Request::from_parts(parts, body.boxed());
+        let mut upstream_req = Request::from_parts(parts, body.boxed());
+        let informational = hygiene::Informational::watch(&mut upstream_req);
 
-        let response = tokio::time::timeout(route.timeout, client.request(upstream_req)).await;
+        let response = tokio::time::timeout(route.timeout, async {
+            tokio::select! {
+                response = client.request(upstream_req) => Some(response),
+                () = informational.flooded() => None,
+            }
+        })
+        .await;
         let response = match response {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
+            Ok(Some(Ok(response))) => response,
+            Ok(None) => {
+                tracing::info!(request_id = %request_id, route = %route_name,
+                    limit = hygiene::MAX_INFORMATIONAL, "upstream sent too many 1xx responses");
+                audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
+                return fail(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("route {route_name}: upstream sent too many interim (1xx) responses"),
+                );
+            }
+            Ok(Some(Err(e))) => {
                 tracing::info!(request_id = %request_id, route = %route_name, error = %crate::error_chain(&e),
                     "upstream unreachable");
                 audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
@@ -657,9 +686,20 @@ impl Dispatcher {
                 );
             }
         };
-        let pending = audit.pending(response.status(), bytes.clone());
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        if let Err(e) = hygiene::admit_response_head(parts.status, &mut parts.headers) {
+            tracing::warn!(request_id = %request_id, route = %route_name, error = %e,
+                "upstream response refused");
+            audit.log(StatusCode::BAD_GATEWAY, "upstream_headers_too_large");
+            return fail(
+                ErrorCode::UpstreamHeadersTooLarge,
+                format!(
+                    "route {route_name}: upstream response headers over {} bytes",
+                    e.limit
+                ),
+            );
+        }
+        let pending = audit.pending(parts.status, bytes.clone());
         let body = Counted::new(
             body.map_err(BoxError::from).boxed(),
             bytes,
@@ -841,67 +881,5 @@ impl Audit {
     fn pending(mut self, status: StatusCode, bytes: Arc<audit::Bytes>) -> PendingRecord {
         self.record.finish(status.as_u16(), "allowed");
         PendingRecord::new(self.record, bytes, self.log)
-    }
-}
-
-/// Which way a [`Counted`] body flows.
-#[derive(Clone, Copy)]
-enum Direction {
-    In,
-    Out,
-}
-
-/// A body that counts its bytes for the audit line; the response body also
-/// carries the pending record, written when the body is done or dropped.
-struct Counted {
-    inner: BoxBody,
-    bytes: Arc<audit::Bytes>,
-    direction: Direction,
-    _pending: Option<PendingRecord>,
-}
-
-impl Counted {
-    fn new(
-        inner: BoxBody,
-        bytes: Arc<audit::Bytes>,
-        direction: Direction,
-        pending: Option<PendingRecord>,
-    ) -> Self {
-        Self {
-            inner,
-            bytes,
-            direction,
-            _pending: pending,
-        }
-    }
-}
-
-impl http_body::Body for Counted {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let counter = match self.direction {
-                Direction::In => &self.bytes.inbound,
-                Direction::Out => &self.bytes.outbound,
-            };
-            counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

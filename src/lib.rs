@@ -9,6 +9,8 @@
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
 //! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
+//! - [`body`]: the body adapter that counts bytes and filters trailers.
 //! - [`audit`]: one JSON line per request the cloud sent.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
@@ -19,10 +21,12 @@
 mod admin;
 pub mod audit;
 pub mod backoff;
+pub mod body;
 pub mod config;
 pub mod dispatch;
 pub mod egress;
 pub mod forward;
+pub mod hygiene;
 pub mod metrics;
 pub mod policy;
 pub mod secret;

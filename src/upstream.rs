@@ -163,6 +163,10 @@ where
         // request that was (partly) written is never re-sent here; the
         // caller gets the error (502 upstream_unreachable).
         .retry_canceled_requests(true)
+        // Above the session's limit, so that an HTTP/2 upstream's oversized
+        // head reaches the agent's own check (502 upstream_headers_too_large)
+        // instead of failing as an unreadable response.
+        .http2_max_header_list_size(4 * tether_wire::protocol::MAX_HEADER_LIST_SIZE)
         .build(connector)
 }
 
