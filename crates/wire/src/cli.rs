@@ -55,6 +55,12 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_writer(std::io::stderr)
+        // A failed write to stderr (a closed pipe, a full disk) is dropped,
+        // never reported with eprintln!, which panics on a broken pipe: the
+        // panic would land in whatever task logged, such as the one that
+        // carries SIGTERM to the shutdown token. Logging must never decide
+        // whether the daemon can stop.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
