@@ -67,7 +67,7 @@ TETHER_LOG=warn,tether_relay=info "${relay[@]}" serve 2>"$work/relay.log" &
 relay_pid=$!; pids+=("$relay_pid")
 wait_for "$work/relay.log" listening 20
 public=$(grep -o 'public=[0-9.:]*' "$work/relay.log" | head -n1 | cut -d= -f2)
-admin=$(grep -o 'admin=Some([0-9.:]*' "$work/relay.log" | head -n1 | sed 's/admin=Some(//')
+admin=$(grep -o 'admin=[0-9.:]*' "$work/relay.log" | head -n1 | cut -d= -f2)
 # The restarted relay must come back on the same ports.
 sed -i "s/^public = .*/public = \"$public\"/; s/^admin = .*/admin = \"$admin\"/" "$work/relay.toml"
 sleep 0.5

@@ -1,7 +1,8 @@
 # Sourced by scripts/demo.sh and bench/*.sh: starts a sample upstream, a
 # relay (SQLite in $STACK_WORK) and an agent on 127.0.0.1 from the binaries
 # in $STACK_BIN, and sets UPSTREAM, PUBLIC, ADMIN, KEY and the PIDs
-# UPSTREAM_PID, RELAY_PID, AGENT_PID. `stack_stop` stops them by PID.
+# UPSTREAM_PID, RELAY_PID, AGENT_PID, and AGENT_ADMIN (the agent's admin
+# listener). The relay's admin API key is in $STACK_WORK/admin.key. `stack_stop` stops them by PID.
 # If the caller defines a function `stack_agent_extra`, its output (TOML,
 # which may use $UPSTREAM) is appended to the agent's config.
 
@@ -40,7 +41,11 @@ public = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 [store]
 url = "sqlite://$STACK_WORK/relay.db"
+[admin]
+key_file = "$STACK_WORK/admin.key"
 TOML
+  # The admin HTTP API (what `tether-relay agents` asks) needs a bearer key.
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STACK_WORK/admin.key")
   local relay=("$STACK_BIN/tether-relay" --config "$STACK_WORK/relay.toml")
   local token
   token=$("${relay[@]}" tokens create --account demo --name demo-agent 2>/dev/null)
@@ -51,7 +56,7 @@ TOML
   STACK_PIDS+=("$RELAY_PID")
   stack_wait_for "$STACK_WORK/relay.log" 'listening'
   PUBLIC=$(grep -o 'public=[0-9.:]*' "$STACK_WORK/relay.log" | head -n1 | cut -d= -f2)
-  ADMIN=$(grep -o 'admin=Some([0-9.:]*' "$STACK_WORK/relay.log" | head -n1 | sed 's/admin=Some(//')
+  ADMIN=$(grep -o 'admin=[0-9.:]*' "$STACK_WORK/relay.log" | head -n1 | cut -d= -f2)
 
   (umask 077 && printf '%s\n' "$token" >"$STACK_WORK/token")
   cat >"$STACK_WORK/agent.toml" <<TOML
@@ -77,6 +82,8 @@ TOML
   "$STACK_BIN/tether-agent" run --config "$STACK_WORK/agent.toml" 2>"$STACK_WORK/agent.log" &
   AGENT_PID=$!
   STACK_PIDS+=("$AGENT_PID")
+  stack_wait_for "$STACK_WORK/agent.log" 'starting'
+  AGENT_ADMIN=$(grep -o 'admin=[0-9.:]*' "$STACK_WORK/agent.log" | head -n1 | cut -d= -f2)
   for _ in $(seq 200); do
     curl -fs "http://$ADMIN/metrics" | grep -q '^tether_relay_agent_sessions 2' && return 0
     sleep 0.1

@@ -219,7 +219,7 @@ async fn run(config: AgentConfig, path: std::path::PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(agent = %name, admin = ?agent.admin_addr(), version = env!("CARGO_PKG_VERSION"), "starting");
+    tracing::info!(agent = %name, admin = %agent.admin_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()), version = env!("CARGO_PKG_VERSION"), "starting");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

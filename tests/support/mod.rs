@@ -88,7 +88,7 @@ fn addr_after(line: &str, key: &str) -> SocketAddr {
         .find(key)
         .unwrap_or_else(|| panic!("{key} not in {line}"))
         + key.len();
-    let rest = line[start..].trim_start_matches("Some(");
+    let rest = &line[start..];
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
         .unwrap_or(rest.len());

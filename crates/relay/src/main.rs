@@ -347,6 +347,11 @@ fn print_list(records: &[tether_relay::store::CredentialRecord], json: bool) -> 
     Ok(())
 }
 
+/// An optional listener address as an operator reads it: the address, or `off`.
+fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
+}
+
 async fn serve(config: RelayConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let relay = tether_relay::Relay::bind(config, shutdown.clone())
@@ -354,8 +359,8 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
         .context("starting the relay")?;
     tracing::info!(
         public = %relay.public_addr(),
-        admin = ?relay.admin_addr(),
-        proxy = ?relay.proxy_addr(),
+        admin = %shown(relay.admin_addr()),
+        proxy = %shown(relay.proxy_addr()),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
