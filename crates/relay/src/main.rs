@@ -158,7 +158,20 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = match &cli.config {
         Some(path) => RelayConfig::load(path)?,
-        None => RelayConfig::default(),
+        None => {
+            // Commands that write the store would otherwise create one in
+            // the working directory without a word.
+            if !matches!(cli.command, Command::Check | Command::Agents { .. }) {
+                let cwd = std::env::current_dir()
+                    .map(|d| format!(" (in {})", d.display()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "tether-relay: no --config given: using the store {}{cwd}",
+                    RelayConfig::default().store.url
+                );
+            }
+            RelayConfig::default()
+        }
     };
     match cli.command {
         Command::Serve => serve(config).await,
@@ -329,18 +342,19 @@ fn print_list(records: &[tether_relay::store::CredentialRecord], json: bool) -> 
         return Ok(());
     }
     println!(
-        "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  STATUS",
-        "ID", "ACCOUNT", "NAME", "CREATED", "LAST USED"
+        "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  {:<20}  STATUS",
+        "ID", "ACCOUNT", "NAME", "CREATED", "LAST USED", "EXPIRES"
     );
     for r in records {
         let doc = r.to_json(now);
         println!(
-            "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  {}",
+            "{:<16}  {:<16}  {:<16}  {:<20}  {:<20}  {:<20}  {}",
             r.id,
             r.account,
             r.name.as_deref().unwrap_or("-"),
             doc["created"].as_str().unwrap_or("-"),
             doc["last_used"].as_str().unwrap_or("-"),
+            doc["expires"].as_str().unwrap_or("never"),
             r.status(now),
         );
     }

@@ -113,3 +113,47 @@ fn example_config_is_valid() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/relay.example.toml");
     tether_relay::config::RelayConfig::load(&path).unwrap();
 }
+
+#[test]
+fn tokens_list_shows_expiry_and_a_store_without_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay(
+        dir.path(),
+        &[
+            "tokens",
+            "create",
+            "--account",
+            "acme",
+            "--expires-in",
+            "90d",
+        ],
+    );
+    assert!(out.status.success());
+    relay(dir.path(), &["tokens", "create", "--account", "acme"]);
+    let out = relay(dir.path(), &["tokens", "list"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().contains("EXPIRES"), "{table}");
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().any(|r| r.contains("never")), "{table}");
+    assert!(
+        rows.iter().filter(|r| r.matches("Z ").count() >= 2).count() >= 1,
+        "an expiry date: {table}"
+    );
+
+    // Without --config the default store is created in the working
+    // directory: the command says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        .args(["keys", "create", "--account", "acme"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no --config given") && stderr.contains("sqlite://tether-relay.db"),
+        "{stderr}"
+    );
+    assert!(dir.path().join("tether-relay.db").exists());
+}
