@@ -500,7 +500,7 @@ fn refusal(e: tokio_tungstenite::tungstenite::Error) -> DialError {
             let status = response.status().as_u16();
             let hint = match status {
                 401 => " (token invalid, revoked or expired)",
-                426 => " (the relay does not speak this agent's protocol version)",
+                426 => " (this agent is too old for the relay: its protocol or its version)",
                 429 => " (rate limited)",
                 _ => "",
             };

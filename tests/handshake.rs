@@ -130,3 +130,56 @@ async fn garbage_after_the_upgrade_closes_that_session_only() {
     );
     relay.wait_sessions(2).await;
 }
+
+#[tokio::test]
+async fn min_version_refuses_older_agents_and_versions_are_shown() {
+    let version = env!("CARGO_PKG_VERSION");
+    // Newer than this agent: refused at the handshake with 426, the agent
+    // says why and keeps trying.
+    let relay = Relay::start("[agents]\nmin_version = \"99.0.0\"\n");
+    let token = relay.token("acme");
+    let old = Agent::start(&relay.agent_url(), &token, "old", "");
+    until(
+        Duration::from_secs(20),
+        "the agent logs the refusal",
+        || async {
+            let log = old.log.lock().unwrap();
+            log.iter()
+                .filter(|l| {
+                    l.contains("426") && l.contains("requires tether-agent 99.0.0 or later")
+                })
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    assert_eq!(relay.sessions().await, 0);
+    // An agent that sends no version at all is refused too.
+    let (status, headers, body) = send(upgrade_request(
+        &relay,
+        Some(&token),
+        Some("tether.v1"),
+        Some("a"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(problem_code(&headers, &body), "unsupported_version");
+    assert!(String::from_utf8_lossy(&body).contains("no Tether-Agent-Version"));
+    drop(old);
+
+    // At or above the minimum: accepted, its version listed and counted.
+    let relay = Relay::start(&format!("[agents]\nmin_version = \"{version}\"\n"));
+    let token = relay.token("acme");
+    let _agent = Agent::start(&relay.agent_url(), &token, "new", "");
+    relay.wait_sessions(2).await;
+    let metrics = {
+        let (_, _, body) = get(&format!("http://{}/metrics", relay.admin), &[]).await;
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    assert!(
+        metrics.contains(&format!(
+            "tether_relay_agent_versions{{version=\"{version}\"}} 2"
+        )),
+        "{metrics}"
+    );
+}

@@ -227,7 +227,7 @@ fn agents(state: &State) -> serde_json::Value {
                 "account": s.account,
                 "name": s.info.name,
                 "instance": s.info.instance,
-                "version": s.info.version,
+                "version": crate::version::label(&s.info.version),
                 "tags": s.info.tags,
                 "routes": s.info.routes,
                 "token_id": s.token_id,

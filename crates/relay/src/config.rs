@@ -190,6 +190,24 @@ pub struct AgentsConfig {
     /// matching session at this limit gets 429 `rate_limited`.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Agents older than this (or reporting no version) are refused at
+    /// the handshake with 426: hygiene for version skew, not a control.
+    #[serde(default, deserialize_with = "min_version")]
+    pub min_version: Option<semver::Version>,
+}
+
+fn min_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<semver::Version>, D::Error> {
+    let text = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    text.map(|t| {
+        semver::Version::parse(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "min_version {t:?} is not a version (e.g. \"0.3.0\"): {e}"
+            ))
+        })
+    })
+    .transpose()
 }
 
 impl Default for AgentsConfig {
@@ -198,6 +216,7 @@ impl Default for AgentsConfig {
             ping_interval: default_ping_interval(),
             ping_timeout: default_ping_timeout(),
             max_streams: default_max_streams(),
+            min_version: None,
         }
     }
 }

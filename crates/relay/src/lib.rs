@@ -31,6 +31,7 @@ mod proxy;
 pub mod registry;
 mod session;
 pub mod store;
+pub mod version;
 mod watcher;
 
 use std::net::SocketAddr;

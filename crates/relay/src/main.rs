@@ -286,8 +286,8 @@ async fn agents(
         return Ok(());
     }
     println!(
-        "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  ROUTES",
-        "REPLICA", "SESSION", "ACCOUNT", "AGENT", "INSTANCE", "TOKEN", "IN FLIGHT"
+        "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<12}  {:<16}  {:>9}  ROUTES",
+        "REPLICA", "SESSION", "ACCOUNT", "AGENT", "INSTANCE", "VERSION", "TOKEN", "IN FLIGHT"
     );
     // Other replicas' agents (cluster mode) come without session or load.
     let or_dash = |v: &serde_json::Value| match v {
@@ -297,12 +297,13 @@ async fn agents(
     };
     for a in list.as_array().into_iter().flatten() {
         println!(
-            "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<16}  {:>9}  {}",
+            "{:<16}  {:<8}  {:<16}  {:<20}  {:<24}  {:<12}  {:<16}  {:>9}  {}",
             or_dash(&a["replica"]),
             or_dash(&a["session"]),
             a["account"].as_str().unwrap_or(""),
             a["name"].as_str().unwrap_or(""),
             a["instance"].as_str().unwrap_or(""),
+            or_dash(&a["version"]),
             a["token_id"].as_str().unwrap_or("-"),
             or_dash(&a["in_flight"]),
             a["routes"]

@@ -31,11 +31,19 @@ struct AccountLabel {
     account: String,
 }
 
+/// An agent version as [`crate::version::label`] gives it: semver of at
+/// most 32 characters, or `unknown`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
 /// Every metric of the relay.
 pub struct Metrics {
     registry: Registry,
     requests: Family<CodeLabel, Counter>,
     agents: Family<AccountLabel, Gauge>,
+    versions: Family<VersionLabel, Gauge>,
     sessions: Gauge,
     auth_failures: Counter,
     auth_limited: Counter,
@@ -54,6 +62,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             agents: Family::default(),
+            versions: Family::default(),
             sessions: Gauge::default(),
             auth_failures: Counter::default(),
             auth_limited: Counter::default(),
@@ -78,6 +87,11 @@ impl Default for Metrics {
             "agent_sessions",
             "Connected agent sessions",
             m.sessions.clone(),
+        );
+        registry.register(
+            "agent_versions",
+            "Connected agent sessions by the version the agent reports (semver of at most 32 characters, else unknown)",
+            m.versions.clone(),
         );
         registry.register(
             "auth_failures",
@@ -173,6 +187,15 @@ impl Metrics {
                     account: account.to_owned(),
                 })
                 .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        }
+        // Versions no session reports any more disappear.
+        self.versions.clear();
+        for s in now.sessions {
+            self.versions
+                .get_or_create(&VersionLabel {
+                    version: crate::version::label(&s.info.version).to_owned(),
+                })
+                .inc();
         }
         catch_up(&self.auth_failures, now.auth.0);
         catch_up(&self.auth_limited, now.auth.1);

@@ -60,6 +60,18 @@ pub(crate) async fn handle_connect(
             return refusal(problem);
         }
     };
+    if let Some(minimum) = &state.config.agents.min_version {
+        let reported = req
+            .headers()
+            .get(th::AGENT_VERSION)
+            .and_then(|v| v.to_str().ok());
+        if let Some(why) = crate::version::refusal(minimum, reported) {
+            tracing::info!(%remote, agent = %hello.name,
+                version = crate::version::label(reported.unwrap_or("")), %minimum,
+                "agent refused: older than [agents] min_version");
+            return refusal(Problem::new(ErrorCode::UnsupportedVersion, why));
+        }
+    }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return refusal(bad_request("missing Sec-WebSocket-Key"));
     };
