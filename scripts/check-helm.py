@@ -17,6 +17,7 @@ them, through the Helm SDK (PyPI helm-python-sdk, no helm binary):
 
 Exits non-zero on the first finding."""
 
+import json
 import re
 import subprocess
 import sys
@@ -88,9 +89,9 @@ def main():
         for case, values in agent_cases.items():
             lint(AGENT_CHART, case, values)
             docs = render(AGENT_CHART, values)
-            agent_checks(case, values, docs)
             text = only(docs, "ConfigMap")["data"]["agent.toml"]
             seen |= program_check(AGENT_CHART, case, text, tmp, cert_pem, key_pem)
+            agent_checks(case, values, docs)
             validate(case, docs, tmp)
             print(f"==> tether-agent {case}: lint clean; {kinds(docs)}; agent check --offline: ok; "
                   f"kubernetes-validate -k {KUBE} --strict: valid")
@@ -101,9 +102,9 @@ def main():
         for case, values in relay_cases.items():
             lint(RELAY_CHART, case, values)
             docs = render(RELAY_CHART, values)
-            relay_checks(case, values, docs)
             text = only(docs, "ConfigMap")["data"]["relay.toml"]
             seen |= program_check(RELAY_CHART, case, text, tmp, cert_pem, key_pem)
+            relay_checks(case, values, docs)
             validate(case, docs, tmp)
             print(f"==> tether-relay {case}: lint clean; {kinds(docs)}; relay check: ok; "
                   f"kubernetes-validate -k {KUBE} --strict: valid")
@@ -208,7 +209,7 @@ def program_check(chart, case, text, tmp, cert_pem, key_pem):
     of the file that was checked."""
     config = tomllib.loads(text)
     schema = config_schema(chart)
-    for path in ahead(chart):
+    for path in ahead(chart) if schema else ():
         drop(config, path.split("."), schema)
     root = tmp / f"{chart.name}-{case}"
 
@@ -248,17 +249,17 @@ def program_check(chart, case, text, tmp, cert_pem, key_pem):
     if result.returncode != 0:
         fail(f"{chart.name} {case}: the program refuses the rendered file:\n"
              f"{toml_dump(config)}\n{result.stdout}{result.stderr}")
-    return key_paths(config, schema)
+    return key_paths(config, schema) if schema else set()
 
 
 def toml_dump(value, prefix=""):
     """A small TOML writer for what tomllib read back (tables, strings,
-    integers, booleans, lists of those)."""
+    integers, floats, booleans, lists of those), keeping each type."""
     def scalar(v):
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, int):
-            return str(v)
+        if isinstance(v, (int, float)):
+            return repr(v)
         if isinstance(v, str):
             return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if isinstance(v, list):
@@ -278,10 +279,10 @@ def toml_dump(value, prefix=""):
 
 # ---- every key the programs accept ---------------------------------------
 
-# The config structs of each program: (files, root struct).
+# The config structs of each program: (source globs, root struct).
 SOURCES = {
-    AGENT_CHART: (["src/config.rs", "src/secrets/config.rs"], "RawConfig"),
-    RELAY_CHART: (["crates/relay/src/config.rs"], "RelayConfig"),
+    AGENT_CHART: (["src/**/*.rs"], "RawConfig"),
+    RELAY_CHART: (["crates/relay/src/**/*.rs"], "RelayConfig"),
 }
 # Keys the chart sets from values of its own and refuses in `config`.
 CHART_OWNED = {
@@ -294,9 +295,10 @@ CHART_OWNED = {
 
 def program_keys(chart):
     """Every key path the program's TOML accepts (`routes.*.url`, ...),
-    read from its serde structs (deny_unknown_fields everywhere)."""
-    files, root = SOURCES[chart]
-    source = "\n".join((ROOT / f).read_text() for f in files)
+    read from its serde structs (deny_unknown_fields everywhere): the root
+    struct's fields, recursing into the structs and enums they name."""
+    patterns, root = SOURCES[chart]
+    source = "\n".join(p.read_text() for pattern in patterns for p in sorted(ROOT.glob(pattern)))
     types = {}
     for m in re.finditer(r"((?:#\[[^\]]*\]\s*)*)(?:pub(?:\([a-z]+\))?\s+)?(struct|enum)\s+(\w+)\s*\{", source):
         depth, i = 1, m.end()
@@ -305,12 +307,18 @@ def program_keys(chart):
             i += 1
         body = source[m.end():i - 1]
         field_depth = 1 if m.group(2) == "struct" else 2
-        fields, depth = {}, 1
+        fields, depth, attributes = {}, 1, ""
         for line in body.splitlines():
             code = line.split("//")[0]
+            if code.strip().startswith("#"):
+                attributes += code
             f = re.match(r"\s*(?:pub(?:\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:\s*(.+?),?\s*$", code)
-            if f and depth == field_depth and not code.strip().startswith("#"):
+            if f and depth == field_depth:
+                if "flatten" in attributes or "rename" in attributes:
+                    fail(f"program_keys: teach it serde's flatten/rename (field {f.group(1)} of {m.group(3)})")
                 fields[f.group(1)] = f.group(2)
+            if f or not code.strip().startswith("#"):
+                attributes = "" if code.strip() else attributes
             depth += code.count("{") - code.count("}")
         tag = re.search(r'tag\s*=\s*"(\w+)"', m.group(1))
         if tag:
@@ -325,18 +333,24 @@ def program_keys(chart):
             inner = [t for t in re.findall(r"\w+", ty) if t in types and t != struct]
             if not inner:
                 keys.add(path)
-            elif "BTreeMap" in ty.split(inner[0])[0]:
+            elif "BTreeMap" in ty.split(inner[0])[0] or "HashMap" in ty.split(inner[0])[0]:
                 walk(inner[0], path + ".*.")
             else:
                 walk(inner[0], path + ".")
 
+    if root not in types:
+        fail(f"program_keys: no struct {root} in {patterns}")
     walk(root, "")
     return keys
 
 
 def config_schema(chart):
-    import json
-    schema = json.loads((chart / "values.schema.json").read_text())
+    """`config` of values.schema.json and its definitions (None without one;
+    `coverage` fails then)."""
+    path = chart / "values.schema.json"
+    if not path.exists():
+        return None
+    schema = json.loads(path.read_text())
     return schema["properties"]["config"], schema["definitions"]
 
 
@@ -424,6 +438,8 @@ def drop(config, path, schema):
 
 
 def coverage(chart, seen):
+    if not config_schema(chart):
+        fail(f"{chart.name}: no values.schema.json")
     program = program_keys(chart)
     schema = schema_keys(chart)
     owned = CHART_OWNED[chart]
@@ -465,7 +481,7 @@ def common_pod_checks(case, pod, values):
             if container[probe][k] != v:
                 fail(f"{case}: {probe}.{k} is {container[probe][k]}, values say {v}")
     if values.get("startupProbe", {}).get("enabled", True):
-        if container["startupProbe"]["httpGet"]["path"] != "/healthz":
+        if container.get("startupProbe", {}).get("httpGet", {}).get("path") != "/healthz":
             fail(f"{case}: startupProbe")
     for key in ("priorityClassName", "dnsPolicy", "dnsConfig"):
         if values.get(key) and pod.get(key) != values[key]:
