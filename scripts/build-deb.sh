@@ -15,7 +15,8 @@ cargo build --release --workspace --locked
 cargo deb --no-build -p tether-agent
 cargo deb --no-build -p tether-relay
 for program in tether-agent tether-relay; do
-  deb=$(ls -t target/debian/"${program}"_*.deb | head -n 1)
+  debs=(target/debian/"${program}"_*.deb)
+  deb=${debs[-1]}
   echo "==> $deb"
   dpkg-deb --info "$deb" | sed -n '/Package:/,/Description:/p'
   dpkg-deb --contents "$deb"

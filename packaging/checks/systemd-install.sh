@@ -26,6 +26,7 @@ fi
 
 work=$(mktemp -d)
 pids=()
+declare -A unit_pid
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -80,7 +81,7 @@ start_unit() {
     env -i PATH=/usr/bin:/bin CREDENTIALS_DIRECTORY="$creds" TETHER_LOG=info $exec_start \
     </dev/null >"$work/$unit.log" 2>&1 &
   pids+=($!)
-  declare -g "pid_${unit//[-.]/_}=$!"
+  unit_pid[$unit]=$!
 }
 
 wait_ok() {
@@ -130,11 +131,11 @@ replay() {
         [[ -f /lib/systemd/system/$unit ]] || { echo "FAIL: $unit not installed"; exit 1; }
         if [[ $unit == tether-relay.service ]]; then
           start_unit "$unit" 61235
-          wait_ok "http://127.0.0.1:$relay_admin/healthz" "$unit" "$pid_tether_relay_service"
+          wait_ok "http://127.0.0.1:$relay_admin/healthz" "$unit" "${unit_pid[$unit]}"
           token=$(tether-relay --config /etc/tether/relay.toml tokens create --account REPLAY </dev/null 2>/dev/null)
         else
           start_unit "$unit" 61234
-          wait_ok "http://127.0.0.1:$agent_admin/readyz" "$unit" "$pid_tether_agent_service"
+          wait_ok "http://127.0.0.1:$agent_admin/readyz" "$unit" "${unit_pid[$unit]}"
         fi
         echo "    ok: $unit is up"
         continue ;;
@@ -145,7 +146,8 @@ replay() {
     line=${line//tta_…/$token}
     (cd "$repo" && bash -euo pipefail -c "$line" </dev/null)
     if [[ $line == *"# edit"* ]]; then
-      file=$(sed 's/ *#.*//' <<<"$line" | awk '{print $NF}')
+      read -ra words <<<"${line%%#*}"
+      file=${words[-1]}
       edit "$file"
       echo "    (replay: edited $file: $(stat -c '%U:%G %a' "$file"))"
     fi
@@ -163,7 +165,7 @@ replay < <(guide_block "## By hand")
 echo "==> the agent re-reads its configuration on SIGHUP (systemctl reload)"
 printf '\n[routes.added]\nurl = "http://127.0.0.1:9"\npaths = ["/**"]\n' >>/etc/tether/agent.toml
 reload=$(unit_value tether-agent.service ExecReload)
-reload=${reload//\$MAINPID/$pid_tether_agent_service}
+reload=${reload//\$MAINPID/${unit_pid[tether-agent.service]}}
 $reload
 for ((i = 0; i < 100; i++)); do
   grep -q 'configuration reloaded' "$work/tether-agent.service.log" && break
