@@ -17,6 +17,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
 if ((${#missing[@]})) && [[ $(id -u) == 0 ]]; then
   echo "==> installing ${missing[*]} (apt)"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
