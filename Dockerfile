@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
-# Builds tether-agent (default) or tether-relay:
-#   docker build -t tether-agent .
-#   docker build --build-arg BIN=tether-relay -t tether-relay .
+# One image per program, each a target of this file (docs/install-helm.md,
+# "Images"); the charts' default image.repository names them:
+#   docker build --target tether-agent -t ghcr.io/tether-dev/tether-agent:0.1.0 .
+#   docker build --target tether-relay -t ghcr.io/tether-dev/tether-relay:0.1.0 .
+# Both targets share the build stage (one cargo build of both binaries).
 
 # ---- build ---------------------------------------------------------------
 FROM rust:1.95.0-slim-bookworm AS build
@@ -20,18 +22,31 @@ RUN mkdir -p src crates/wire/src crates/relay/src crates/sample-upstream/src cra
     && echo 'fn main() {}' > crates/swarm/src/main.rs \
     && cargo fetch --locked
 COPY . .
-ARG BIN=tether-agent
-RUN cargo build --release --locked --bin "${BIN}" \
-    && install -D -m 0755 "target/release/${BIN}" /out/tether
+RUN cargo build --release --locked -p tether-agent -p tether-relay \
+    && install -D -m 0755 target/release/tether-agent /out/tether-agent \
+    && install -D -m 0755 target/release/tether-relay /out/tether-relay
 
-# ---- runtime -------------------------------------------------------------
+# ---- tether-relay --------------------------------------------------------
 # distroless/cc: glibc and CA certificates, no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/tether /usr/local/bin/tether
-# Numeric non-root user (distroless "nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot AS tether-relay
+COPY --from=build /out/tether-relay /usr/local/bin/tether-relay
+# Numeric non-root user (distroless "nonroot"); its home is writable, for
+# a SQLite store given as a relative path.
 USER 65532:65532
-# Agent: /healthz on the admin listener (set [admin] listen = "0.0.0.0:9464"
-# in the container); relay: public 8080, admin 9465.
-EXPOSE 9464 8080 9465
-ENTRYPOINT ["/usr/local/bin/tether"]
+WORKDIR /home/nonroot
+# Public (agents, callers), admin (health, metrics, admin API), peers.
+EXPOSE 8080 9465 9470
+ENTRYPOINT ["/usr/local/bin/tether-relay"]
+# Mount relay.toml there (the Helm chart passes its own path).
+CMD ["--config", "/etc/tether/relay.toml", "serve"]
+
+# ---- tether-agent (the default target) -----------------------------------
+FROM gcr.io/distroless/cc-debian12:nonroot AS tether-agent
+COPY --from=build /out/tether-agent /usr/local/bin/tether-agent
+USER 65532:65532
+# The admin listener (/healthz, /readyz, /metrics) when agent.toml has
+# [admin] listen = "0.0.0.0:9464"; the agent takes no other inbound traffic.
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/tether-agent"]
+# Mount agent.toml there (the Helm chart passes its own path).
 CMD ["run", "--config", "/etc/tether/agent.toml"]
