@@ -27,6 +27,7 @@ pub mod credential;
 mod ingress;
 pub mod limiter;
 pub mod metrics;
+pub mod preflight;
 mod proxy;
 pub mod registry;
 mod session;
@@ -291,7 +292,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
         .map_err(|source| RelayError::Bind { addr, source })
 }
 
-fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RelayError> {
+pub(crate) fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RelayError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(&tls.cert_file)

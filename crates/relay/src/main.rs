@@ -176,6 +176,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Check => {
+            let problems = tether_relay::preflight::check(&config).await;
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("tether-relay check: {p}");
+                }
+                anyhow::bail!("{} problem(s): `serve` would not start", problems.len());
+            }
             println!(
                 "configuration ok{}",
                 config

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The embedded schema could not be applied.
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Postgres did not accept a connection; the cause is named.
+    #[error("{0}")]
+    Unreachable(String),
     /// An account name that cannot be used.
     #[error("invalid account name {0:?}: use 1-64 letters, digits, '.', '_' or '-'")]
     InvalidAccount(String),
@@ -210,6 +213,13 @@ impl Store {
     /// embedded schema.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let backend = Backend::of(url).ok_or(StoreError::UnsupportedUrl)?;
+        if backend == Backend::Postgres {
+            // Fail in seconds with the cause, not after the pool's 30 s
+            // with "timed out while waiting for an open connection".
+            crate::preflight::postgres_reachable(url)
+                .await
+                .map_err(StoreError::Unreachable)?;
+        }
         sqlx::any::install_default_drivers();
         let url = match backend {
             // mode=rwc: create the file if missing.
@@ -217,6 +227,7 @@ impl Store {
             _ => url.to_owned(),
         };
         let pool = AnyPoolOptions::new()
+            .acquire_timeout(crate::preflight::STORE_CONNECT_TIMEOUT)
             .max_connections(match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,

@@ -157,3 +157,73 @@ fn tokens_list_shows_expiry_and_a_store_without_config_is_named() {
     );
     assert!(dir.path().join("tether-relay.db").exists());
 }
+
+/// A port on 127.0.0.1 nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn check_names_every_problem_serve_would_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{d}/no-such-dir/r.db\"\n\
+             [tls]\ncert_file = \"{d}/missing.crt\"\nkey_file = \"{d}/missing.key\"\n\
+             [admin]\nkey_file = \"{d}/missing-admin.key\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    for named in [
+        "missing-admin.key",
+        "missing.crt",
+        "no-such-dir",
+        "3 problem(s)",
+    ] {
+        assert!(stderr.contains(named), "{named} not in: {stderr}");
+    }
+    assert!(
+        !dir.path().join("no-such-dir").exists(),
+        "check creates nothing"
+    );
+
+    // An unreachable Postgres: named with its cause, for check and serve
+    // alike, in seconds rather than after a pool's 30 s timeout.
+    let port = closed_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"postgres://tether:hunter2@127.0.0.1:{port}/tether\"\n\
+             [listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    for command in ["check", "serve"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether-relay"))
+            .args([command, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}"))
+                && stderr.to_lowercase().contains("refused"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{command}: {stderr}");
+        assert!(!stderr.contains("pool timed out"), "{command}: {stderr}");
+    }
+}
