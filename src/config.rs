@@ -605,6 +605,7 @@ fn validate_forward(
             deny,
             connect_ports,
             admin: None,
+            services: Vec::new(),
         },
         headers,
     ))
