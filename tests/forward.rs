@@ -165,7 +165,7 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() 
     let _agent = agent_with_forward(
         &relay,
         &token,
-        "[forward]\nallow = [\"localhost\", \"0.0.0.0/0\"]\ndeny = [\"10.9.0.0/16\"]\n",
+        "[forward]\nallow = [\"localhost\", \"0.0.0.0/0\", \"::/0\"]\ndeny = [\"10.9.0.0/16\"]\n",
     );
     relay.wait_sessions(2).await;
     let port = upstream.addr.port();
@@ -179,6 +179,18 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() 
         "[fd00:ec2::254]".to_owned(),
         "100.100.100.200".to_owned(),
         "0.0.0.0".to_owned(),
+        // Other clouds' metadata addresses, and special IPv4 addresses
+        // spelled as IPv6: IPv4-compatible, NAT64 (well-known and local
+        // use), 6to4, Teredo.
+        "168.63.129.16".to_owned(),
+        "192.0.0.192".to_owned(),
+        "[::a9fe:a9fe]".to_owned(),
+        format!("[64:ff9b::7f00:1]:{port}"),
+        "[64:ff9b::a9fe:a9fe]".to_owned(),
+        "[64:ff9b:1::a9fe:a9fe]".to_owned(),
+        "[2002:a9fe:a9fe::]".to_owned(),
+        "[2001:0:4136:e378:8000:63bf:5601:5601]".to_owned(),
+        "[64:ff9b::a09:101]".to_owned(),
     ] {
         let (status, code, _) =
             call(&relay, &key, &format!("/v1/forward/http/{target}/echo")).await;
