@@ -611,6 +611,7 @@ fn validate_forward(
             deny,
             connect_ports,
             admin: None,
+            services: Vec::new(),
         },
         headers,
     ))

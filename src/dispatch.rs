@@ -34,7 +34,7 @@ struct LiveRoute {
 
 /// Forward mode, when `[forward] allow` is set.
 struct LiveForward {
-    policy: crate::forward::ForwardPolicy,
+    guard: Arc<crate::forward::Guard>,
     headers: crate::config::ForwardHeaders,
     client: crate::upstream::ForwardClient,
     pins: crate::upstream::Pins,
@@ -80,8 +80,13 @@ impl Dispatcher {
         };
         let forward = if config.forward.enabled() {
             let pins = crate::upstream::Pins::default();
+            let mut policy = config.forward.clone();
+            policy.services = crate::forward::own_services(
+                config.relay.proxy.as_ref(),
+                config.vault.as_ref().map(|v| v.address.as_str()),
+            );
             Some(LiveForward {
-                policy: config.forward.clone(),
+                guard: Arc::new(crate::forward::Guard::new(policy)),
                 headers: config.forward_headers.clone(),
                 client: crate::upstream::forward_client(pins.clone())?,
                 pins,
@@ -106,6 +111,12 @@ impl Dispatcher {
     /// The audit log.
     pub fn audit_log(&self) -> &Arc<AuditLog> {
         &self.audit
+    }
+
+    /// Forward mode's SSRF guard, when forward mode is on (its watched
+    /// names are kept resolved by the agent).
+    pub fn forward_guard(&self) -> Option<Arc<crate::forward::Guard>> {
+        self.forward.as_ref().map(|f| f.guard.clone())
     }
 
     fn audit(&self, request_id: &str, caller: &str, method: &str) -> Audit {
@@ -332,7 +343,7 @@ impl Dispatcher {
     /// `[forward.headers."scheme://host[:port]"]` are set; caller
     /// placeholders follow each secret's `callers` binding, as for routes.
     async fn handle_forward(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        use crate::forward::Host;
+        use crate::forward::{Host, Refusal};
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let method = req.method().clone();
@@ -385,28 +396,27 @@ impl Dispatcher {
         let origin_text = format!("{scheme}://{}", host.authority(port));
         audit.record.route = format!("forward {origin_text}");
         audit.record.path.clone_from(&rest);
-        let denied = |audit: &mut Audit, why: String| {
-            audit.log(StatusCode::FORBIDDEN, "denied");
-            fail(ErrorCode::Denied, format!("forward: {why}"))
-        };
-        if let Err(refusal) = forward.policy.check_target(&host, port) {
-            return denied(&mut audit, refusal.to_string());
-        }
+        // The path first: its answer must not depend on the target.
         let path = match crate::policy::normalize(&rest) {
             Ok(p) => p,
-            Err(why) => return denied(&mut audit, why.to_string()),
+            Err(why) => {
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                return fail(ErrorCode::Denied, format!("forward: {why}"));
+            }
         };
         audit.record.path.clone_from(&path);
-        if let Host::Name(name) = &host {
-            match Self::checked_addresses(&forward.policy, &host, port).await {
-                Ok(addrs) => forward
-                    .pins
-                    .set(name, addrs.iter().map(std::net::SocketAddr::ip).collect()),
-                Err((ErrorCode::Denied, why)) => return denied(&mut audit, why),
-                Err((code, why)) => {
-                    audit.log(code.status(), code.as_str());
-                    return fail(code, format!("forward: {why}"));
+        match forward.guard.check(&host, port).await {
+            Ok(addrs) => {
+                if let Host::Name(name) = &host {
+                    forward
+                        .pins
+                        .set(name, addrs.iter().map(std::net::SocketAddr::ip).collect());
                 }
+            }
+            Err(refusal) => {
+                refusal.log(&request_id, &origin_text);
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                return fail(ErrorCode::Denied, Refusal::CALLER_DETAIL.into());
             }
         }
         let Ok(target) = Origin::parse(&origin_text) else {
@@ -453,44 +463,12 @@ impl Dispatcher {
         .await
     }
 
-    /// Resolves `host` (a name) and checks every address with the SSRF
-    /// guard; the checked addresses, or why none may be used.
-    async fn checked_addresses(
-        policy: &crate::forward::ForwardPolicy,
-        host: &crate::forward::Host,
-        port: u16,
-    ) -> Result<Vec<std::net::SocketAddr>, (ErrorCode, String)> {
-        use crate::forward::{Host, Refusal};
-        let addrs: Vec<std::net::SocketAddr> = match host {
-            Host::Ip(ip) => vec![std::net::SocketAddr::new(*ip, port)],
-            Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .map_err(|e| {
-                    (
-                        ErrorCode::UpstreamUnreachable,
-                        format!("cannot resolve {name}: {e}"),
-                    )
-                })?
-                .collect(),
-        };
-        // Every address must pass: one forbidden answer among allowed ones
-        // is how DNS rebinding is usually tried.
-        for addr in &addrs {
-            if let Err(Refusal::Address(why) | Refusal::Policy(why)) =
-                policy.check_address(host, *addr)
-            {
-                return Err((ErrorCode::Denied, why));
-            }
-        }
-        Ok(addrs)
-    }
-
     /// `CONNECT host:port` from the relay's proxy listener: allowed only to
     /// a forward target on one of `connect_ports`, every address checked;
     /// the TCP connection goes to a checked address and bytes are copied
     /// both ways (end-to-end TLS: nothing is injected).
     async fn handle_connect(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
-        use crate::forward::Host;
+        use crate::forward::{Host, Refusal};
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let mut audit = self.audit(&request_id, &caller, "CONNECT");
@@ -523,38 +501,45 @@ impl Dispatcher {
             Ok(h) => h,
             Err(why) => return fail(&mut audit, ErrorCode::BadRequest, why),
         };
-        audit.record.route = format!("connect {}", host.authority(port));
-        if !forward.policy.connect_ports.contains(&port) {
-            return fail(
-                &mut audit,
-                ErrorCode::Denied,
-                format!("CONNECT to port {port}: not in forward.connect_ports"),
-            );
-        }
-        if let Err(refusal) = forward.policy.check_target(&host, port) {
-            return fail(&mut audit, ErrorCode::Denied, format!("forward: {refusal}"));
-        }
-        let addrs = match Self::checked_addresses(&forward.policy, &host, port).await {
+        let target = host.authority(port);
+        audit.record.route = format!("connect {target}");
+        let checked = if forward.guard.policy().connect_ports.contains(&port) {
+            forward.guard.check(&host, port).await
+        } else {
+            Err(Refusal::Policy(format!(
+                "CONNECT to port {port}: not in forward.connect_ports"
+            )))
+        };
+        let addrs = match checked {
             Ok(a) => a,
-            Err((code, why)) => return fail(&mut audit, code, format!("forward: {why}")),
+            Err(refusal) => {
+                refusal.log(&request_id, &target);
+                return fail(&mut audit, ErrorCode::Denied, Refusal::CALLER_DETAIL.into());
+            }
         };
         let mut tcp = None;
         for addr in &addrs {
-            if let Ok(Ok(stream)) = tokio::time::timeout(
+            match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 tokio::net::TcpStream::connect(addr),
             )
             .await
             {
-                tcp = Some(stream);
-                break;
+                Ok(Ok(stream)) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(%request_id, %addr, error = %e, "CONNECT: cannot connect")
+                }
+                Err(_) => tracing::info!(%request_id, %addr, "CONNECT: no connection within 10 s"),
             }
         }
         let Some(mut tcp) = tcp else {
             return fail(
                 &mut audit,
                 ErrorCode::UpstreamUnreachable,
-                format!("cannot connect to {}", host.authority(port)),
+                "forward: the target did not accept the connection".into(),
             );
         };
         let _ = tcp.set_nodelay(true);

@@ -180,6 +180,10 @@ impl Agent {
                 tracker.clone(),
             ));
         }
+        tracker.spawn(watch_forward_names(
+            self.dispatcher.subscribe(),
+            shutdown.clone(),
+        ));
         let sessions = self.sessions.clone();
         tracker.spawn(tether_wire::notify::run(
             tether_wire::notify::Notifier::from_env(),
@@ -213,6 +217,29 @@ pub fn relay_tls_config(config: &AgentConfig) -> Result<rustls::ClientConfig, Tl
     };
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
+}
+
+/// Keeps forward mode's watched names (exact `deny` names, the egress
+/// proxy and Vault by name) resolved: every [`forward::NAME_REFRESH`], and
+/// at once for the new guard a reload brings.
+async fn watch_forward_names(
+    mut dispatchers: tokio::sync::watch::Receiver<Arc<Dispatcher>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let guard = dispatchers.borrow_and_update().forward_guard();
+        if let Some(guard) = guard {
+            tokio::select! {
+                () = guard.refresh_names() => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(forward::NAME_REFRESH) => {}
+            changed = dispatchers.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// What a SIGHUP needs to reload the configuration.

@@ -4,9 +4,10 @@
 //! the agent's own headers for that target.
 //!
 //! Each test re-runs itself inside a network namespace of its own that has
-//! nothing but loopback (`unshare --net`), relay, agent and upstream
+//! nothing but loopback (`support::netns`), relay, agent and upstream
 //! included: a broken guard cannot send a packet off the machine, even to
-//! the metadata address these tests aim at.
+//! the metadata address these tests aim at. More of the guard (the agent's
+//! own host, deny names, one answer for every refusal): `forward_guard.rs`.
 
 mod support;
 
@@ -15,56 +16,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-
-/// Whether this process is the isolated re-run. If not, runs the test
-/// `name` again in a new user + network namespace (loopback only, brought
-/// up) and asserts it passed there.
-fn in_own_netns(name: &str) -> bool {
-    if std::env::var_os("TETHER_TEST_NETNS").is_some() {
-        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-        let links = String::from_utf8_lossy(&links.stdout);
-        assert!(
-            links.lines().all(|l| l.contains(": lo:")),
-            "expected loopback only: {links}"
-        );
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net", "--", "sh", "-c"])
-        .arg(r#"ip link set lo up && exec "$0" --exact "$1" --nocapture"#)
-        .arg(&exe)
-        .arg(name)
-        .env("TETHER_TEST_NETNS", "1")
-        .status()
-        .expect("unshare (util-linux) and ip (iproute2) are needed");
-    assert!(
-        status.success(),
-        "{name} failed inside its network namespace"
-    );
-    false
-}
-
-/// A test that re-runs itself in its own network namespace (see
-/// [`in_own_netns`]) and there runs the async `$body`.
-macro_rules! netns_test {
-    ($name:ident, $body:ident) => {
-        #[test]
-        fn $name() {
-            if in_own_netns(stringify!($name)) {
-                runtime().block_on($body());
-            }
-        }
-    };
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// An agent with `forward` config and two secrets: `tok` (agent-owned
 /// headers only) and `placed`, which callers may put in `X-Caller`
@@ -214,7 +165,7 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() 
     let _agent = agent_with_forward(
         &relay,
         &token,
-        "[forward]\nallow = [\"localhost\", \"0.0.0.0/0\"]\ndeny = [\"10.9.0.0/16\"]\n",
+        "[forward]\nallow = [\"localhost\", \"0.0.0.0/0\", \"::/0\"]\ndeny = [\"10.9.0.0/16\"]\n",
     );
     relay.wait_sessions(2).await;
     let port = upstream.addr.port();
@@ -228,6 +179,18 @@ async fn a_name_resolving_to_loopback_is_refused_without_a_loopback_cidr_body() 
         "[fd00:ec2::254]".to_owned(),
         "100.100.100.200".to_owned(),
         "0.0.0.0".to_owned(),
+        // Other clouds' metadata addresses, and special IPv4 addresses
+        // spelled as IPv6: IPv4-compatible, NAT64 (well-known and local
+        // use), 6to4, Teredo.
+        "168.63.129.16".to_owned(),
+        "192.0.0.192".to_owned(),
+        "[::a9fe:a9fe]".to_owned(),
+        format!("[64:ff9b::7f00:1]:{port}"),
+        "[64:ff9b::a9fe:a9fe]".to_owned(),
+        "[64:ff9b:1::a9fe:a9fe]".to_owned(),
+        "[2002:a9fe:a9fe::]".to_owned(),
+        "[2001:0:4136:e378:8000:63bf:5601:5601]".to_owned(),
+        "[64:ff9b::a09:101]".to_owned(),
     ] {
         let (status, code, _) =
             call(&relay, &key, &format!("/v1/forward/http/{target}/echo")).await;

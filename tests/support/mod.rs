@@ -23,6 +23,9 @@ use hyper_util::rt::TokioExecutor;
 use tether_wire::BoxBody;
 use tokio_util::sync::CancellationToken;
 
+pub mod connect_proxy;
+pub mod netns;
+
 /// Path of a workspace binary. Cargo sets `CARGO_BIN_EXE_*` only for this
 /// package's binaries; the relay's sits beside it in the same target dir.
 pub fn bin(name: &str) -> PathBuf {
@@ -436,8 +439,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// On `addr` (a test's own network namespace may have more addresses
+    /// than loopback).
+    pub async fn start_on(addr: &str) -> Self {
         let shutdown = CancellationToken::new();
-        let addr = tether_sample_upstream::start("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+        let addr = tether_sample_upstream::start(addr.parse().unwrap(), shutdown.clone())
             .await
             .unwrap();
         Self { addr, shutdown }
