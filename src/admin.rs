@@ -1,5 +1,5 @@
-//! The agent's admin listener: liveness, readiness (a relay session is up)
-//! and a few gauges.
+//! The agent's admin listener: liveness, readiness (a relay session is up
+//! and the audit trail writable) and the metrics.
 
 use std::sync::Arc;
 
@@ -27,6 +27,12 @@ pub(crate) async fn serve(
             let up = sessions.up();
             match (req.method(), req.uri().path()) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+                // Not ready while requests are refused for want of an
+                // audit trail ([audit] required), nor without a session.
+                (&Method::GET, "/readyz") if current.audit_log().refusing() => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit file cannot be written\n".into(),
+                ),
                 (&Method::GET, "/readyz") if up > 0 => text(StatusCode::OK, "ready\n".into()),
                 (&Method::GET, "/readyz") => {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no relay session\n".into())
@@ -34,7 +40,7 @@ pub(crate) async fn serve(
                 (&Method::GET, "/metrics") => {
                     let audit = current.audit_log();
                     let stats = current.secrets().stats();
-                    let body = audit.metrics().render(up, &stats, audit.dropped());
+                    let body = audit.metrics().render(up, &stats, &audit.stats());
                     let mut response = text(StatusCode::OK, body);
                     response
                         .headers_mut()

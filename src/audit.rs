@@ -8,34 +8,60 @@
 //!
 //! With `[audit] file` the lines go to that file, opened append-only with
 //! mode 0600 and reopened on SIGHUP (so logrotate can move it). A writer
-//! thread does the I/O; the request path only queues the line. Without a
-//! file they go to the log stream under the target `tether::audit`.
+//! thread does the I/O; the request path only queues the line, and no line
+//! is dropped because the writer is behind or the file cannot be written
+//! (see [`writer`] for the rule, which is Vault's for audit devices: with
+//! `[audit] required`, the default with a file, no request is served while
+//! its line cannot be written). Without a file they go to the log stream
+//! under the target `tether::audit`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod writer;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use http::Request;
 use serde::Serialize;
+use tether_wire::protocol::{self, header as th};
+use tether_wire::{ErrorCode, Problem};
 
 use crate::metrics::Metrics;
+pub use writer::{AuditStats, Unavailable};
 
-/// Lines queued for the writer before new ones are dropped (and counted).
+/// Lines waiting to be written beyond which new requests wait for room
+/// (and, `required`, are refused after a bounded wait).
 const QUEUE: usize = 8192;
 
-enum Message {
-    Line(String),
-    Reopen,
-}
+/// After a failed write, how long before the writer tries again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Where audit lines go. Every record also feeds the request metrics, so
 /// the two always count the same requests.
 pub struct AuditLog {
-    writer: Option<SyncSender<Message>>,
-    dropped: AtomicU64,
+    writer: Option<writer::Writer>,
     metrics: Arc<Metrics>,
+}
+
+/// A request refused because its audit line could not be written: 503
+/// `audit_unavailable`.
+#[derive(Debug)]
+pub struct AuditRefusal {
+    request_id: String,
+    why: Unavailable,
+}
+
+impl AuditRefusal {
+    /// The problem answered to the caller (no path, no error text).
+    pub fn into_response(self) -> http::Response<tether_wire::BoxBody> {
+        Problem::new(
+            ErrorCode::AuditUnavailable,
+            format!("{}; the agent serves no request until it can", self.why),
+        )
+        .with_request_id(self.request_id)
+        .into_response()
+    }
 }
 
 impl AuditLog {
@@ -43,42 +69,49 @@ impl AuditLog {
     pub fn to_log() -> Self {
         Self {
             writer: None,
-            dropped: AtomicU64::new(0),
             metrics: Arc::default(),
         }
     }
 
-    /// Lines appended to `path` (created with mode 0600 if missing).
-    pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        let mut file = open(path)?;
-        let (tx, rx) = sync_channel::<Message>(QUEUE);
-        let path: PathBuf = path.to_owned();
-        std::thread::Builder::new()
-            .name("tether-audit".into())
-            .spawn(move || {
-                for message in rx {
-                    match message {
-                        Message::Line(line) => {
-                            if let Err(e) = file.write_all(line.as_bytes()) {
-                                tracing::error!(file = %path.display(), error = %e, "audit write failed");
-                            }
-                        }
-                        Message::Reopen => match open(&path) {
-                            Ok(f) => {
-                                file = f;
-                                tracing::info!(file = %path.display(), "audit file reopened");
-                            }
-                            Err(e) => tracing::error!(file = %path.display(), error = %e,
-                                "cannot reopen the audit file; still writing to the old one"),
-                        },
-                    }
-                }
-            })?;
+    /// Lines appended to `path` (created with mode 0600 if missing). With
+    /// `required`, requests are refused while lines cannot be written.
+    pub fn to_file(path: &Path, required: bool) -> std::io::Result<Self> {
+        let sink = writer::FileSink::open(path)?;
         Ok(Self {
-            writer: Some(tx),
-            dropped: AtomicU64::new(0),
+            writer: Some(writer::Writer::spawn(sink, QUEUE, RETRY, required)?),
             metrics: Arc::default(),
         })
+    }
+
+    /// Called before a request is served: every request the relay sends
+    /// that leaves an audit line (routes, forward, CONNECT, secret
+    /// resolution) waits (bounded) for room for its line, and is refused
+    /// while the audit file cannot be written and `[audit] required`.
+    pub async fn admit<B>(&self, req: &Request<B>) -> Result<(), AuditRefusal> {
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        let control = req.uri().authority().map(|a| a.as_str())
+            == Some(protocol::CONTROL_AUTHORITY)
+            && req.uri().path() != protocol::CONTROL_RESOLVE_PATH;
+        if control {
+            return Ok(());
+        }
+        writer.admit().await.map_err(|why| {
+            let request_id = req
+                .headers()
+                .get(th::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            tracing::debug!(%request_id, reason = %why, "request refused: audit_unavailable");
+            AuditRefusal { request_id, why }
+        })
+    }
+
+    /// Whether requests are refused now (for `/readyz`).
+    pub fn refusing(&self) -> bool {
+        self.writer.as_ref().is_some_and(writer::Writer::refusing)
     }
 
     /// Writes one record.
@@ -100,22 +133,29 @@ impl AuditLog {
                 secrets = %record.secrets.join(","),
                 "request"
             ),
-            Some(tx) => {
+            Some(writer) => {
                 let mut line = serde_json::to_string(record).unwrap_or_default();
                 line.push('\n');
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                    tx.try_send(Message::Line(line))
-                {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                writer.push(line);
             }
         }
     }
 
     /// Reopens the file (after SIGHUP).
     pub fn reopen(&self) {
-        if let Some(tx) = &self.writer {
-            let _ = tx.try_send(Message::Reopen);
+        if let Some(writer) = &self.writer {
+            writer.reopen();
+        }
+    }
+
+    /// At shutdown: waits (at most `limit`) for the queued lines to be
+    /// written; logs the lines that could not be.
+    pub async fn flush(&self, limit: Duration) {
+        if let Some(writer) = &self.writer {
+            let left = writer.flush(limit).await;
+            if left > 0 {
+                tracing::error!(lines = left, "audit lines could not be written before exit");
+            }
         }
     }
 
@@ -124,19 +164,16 @@ impl AuditLog {
         &self.metrics
     }
 
-    /// Lines dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// The writer's counters (all zero, available, without a file).
+    pub fn stats(&self) -> AuditStats {
+        self.writer
+            .as_ref()
+            .map(writer::Writer::stats)
+            .unwrap_or(AuditStats {
+                available: true,
+                ..AuditStats::default()
+            })
     }
-}
-
-fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
 }
 
 /// One audit line.

@@ -60,7 +60,7 @@ struct RawConfig {
     secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     vault: Option<Spanned<RawVault>>,
     aws: Option<Spanned<RawAws>>,
-    audit: Option<RawAudit>,
+    audit: Option<Spanned<RawAudit>>,
     forward: Option<Spanned<RawForward>>,
 }
 
@@ -80,6 +80,7 @@ struct RawForward {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     file: Option<PathBuf>,
+    required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +158,9 @@ pub struct AgentConfig {
     pub aws: Option<AwsSettings>,
     /// `[audit] file`: JSON lines appended there; the log stream otherwise.
     pub audit_file: Option<PathBuf>,
+    /// `[audit] required` (default true with a file): no request is served
+    /// while its audit line cannot be written (503 `audit_unavailable`).
+    pub audit_required: bool,
     /// `[forward]`: targets `/v1/forward/…` may reach (off when `allow` is
     /// empty).
     pub forward: ForwardPolicy,
@@ -475,6 +479,27 @@ impl AgentConfig {
         };
         forward.admin = admin_listen;
 
+        let (audit_file, audit_required) = match raw.audit {
+            Some(a) => {
+                let span = a.span();
+                let a = a.into_inner();
+                match (a.file, a.required) {
+                    (None, Some(true)) => {
+                        return Err(at(
+                            span,
+                            "[audit] required = true needs [audit] file (the log stream cannot refuse)"
+                                .into(),
+                        ));
+                    }
+                    (file, required) => {
+                        let required = file.is_some() && required.unwrap_or(true);
+                        (file, required)
+                    }
+                }
+            }
+            None => (None, false),
+        };
+
         Ok(Self {
             relay: RelaySettings {
                 url,
@@ -499,7 +524,8 @@ impl AgentConfig {
             secrets,
             vault,
             aws,
-            audit_file: raw.audit.and_then(|a| a.file),
+            audit_file,
+            audit_required,
             forward,
             forward_headers,
         })
@@ -624,6 +650,12 @@ fn validate_route(name: &str, raw: RawRoute, secrets: &[SecretSpec]) -> Result<R
         return Err((
             None,
             format!("route name {name:?}: use 1-64 of A-Z a-z 0-9 _ -"),
+        ));
+    }
+    if crate::metrics::RESERVED_ROUTE_LABELS.contains(&name) {
+        return Err((
+            None,
+            format!("route name {name:?} is reserved (a metrics label of its own)"),
         ));
     }
     let url_err = |m: String| (Some(raw.url.span()), format!("routes.{name}.url: {m}"));
@@ -947,5 +979,25 @@ headers = { X-Team = "platform" }
             TokenSource::File(p) => assert!(p.ends_with("tether-agent.service/token")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn audit_required_defaults_to_true_with_a_file_and_needs_one() {
+        let parse = |extra: &str| {
+            AgentConfig::parse(
+                Path::new("a.toml"),
+                &format!("{MINIMAL}\n{extra}"),
+                &env(&[]),
+            )
+        };
+        let c = parse("[audit]\nfile = \"/var/lib/tether/audit.jsonl\"\n").unwrap();
+        assert!(c.audit_required);
+        let c = parse("[audit]\nfile = \"/a.jsonl\"\nrequired = false\n").unwrap();
+        assert!(!c.audit_required);
+        assert!(!parse("").unwrap().audit_required);
+        let e = parse("[audit]\nrequired = true\n").unwrap_err().to_string();
+        assert!(e.contains("needs [audit] file"), "{e}");
+        let reserved = MINIMAL.replace("[routes.jenkins]", "[routes.forward]");
+        assert!(error_of(&reserved).contains("reserved"));
     }
 }

@@ -94,6 +94,7 @@ impl Dispatcher {
         } else {
             None
         };
+        audit.metrics().add_routes(config.routes.keys());
         let rotation_target = match (&config.relay.token, config.relay.accept_rotation) {
             (crate::config::TokenSource::File(path), true) => Some(path.clone()),
             _ => None,
@@ -133,6 +134,9 @@ impl Dispatcher {
 
     /// Handles one stream.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        if let Err(refused) = self.audit.admit(&req).await {
+            return refused.into_response();
+        }
         if req.method() == http::Method::CONNECT {
             return self.handle_connect(req).await;
         }
@@ -148,7 +152,8 @@ impl Dispatcher {
         match (req.method(), req.uri().path()) {
             (&http::Method::POST, protocol::CONTROL_RESOLVE_PATH) => self.handle_resolve(req).await,
             (&http::Method::POST, protocol::CONTROL_ROTATED_PATH) => {
-                self.handle_rotation_notice(req).await
+                let target = self.rotation_target.as_deref();
+                crate::rotation::handle_notice(req, target, self.audit.metrics()).await
             }
             (_, protocol::CONTROL_INFO_PATH) => {
                 let body = serde_json::to_vec(&self.info).unwrap_or_default();
@@ -161,52 +166,6 @@ impl Dispatcher {
             }
             _ => Problem::new(ErrorCode::BadRequest, "unknown control request").into_response(),
         }
-    }
-
-    /// The relay rotated this agent's token. Logged always; with
-    /// `accept_rotation = true` and a pushed token of the same id, written
-    /// to `token_file` atomically (temp file, mode 0600, rename), where the
-    /// token watcher picks it up and moves the sessions over.
-    async fn handle_rotation_notice(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let notice = http_body_util::Limited::new(req.into_body(), 4096)
-            .collect()
-            .await
-            .ok()
-            .and_then(|c| serde_json::from_slice::<protocol::RotationNotice>(&c.to_bytes()).ok());
-        let mut answer = Response::new(tether_wire::empty_body());
-        *answer.status_mut() = StatusCode::NO_CONTENT;
-        let Some(notice) = notice else {
-            *answer.status_mut() = StatusCode::BAD_REQUEST;
-            return answer;
-        };
-        let until = notice
-            .valid_until
-            .and_then(|t| u64::try_from(t).ok())
-            .map(|t| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-                )
-                .to_string()
-            })
-            .unwrap_or_else(|| "-".into());
-        let same_id = format!("tta_{}_", notice.token_id);
-        match (&self.rotation_target, notice.token) {
-            (Some(path), Some(token)) if token.starts_with(&same_id) => {
-                let token = SecretString::from(token);
-                let path = path.clone();
-                let written = tokio::task::spawn_blocking(move || write_token(&path, &token)).await;
-                match written {
-                    Ok(Ok(())) => tracing::info!(token_id = %notice.token_id, valid_until = %until,
-                        "the relay rotated this agent's token; the new one is written to token_file"),
-                    Ok(Err(e)) => tracing::error!(token_id = %notice.token_id, error = %e,
-                        "could not write the rotated token to token_file; update it before {until}"),
-                    Err(e) => tracing::error!(error = %e, "token write task failed"),
-                }
-            }
-            _ => tracing::warn!(token_id = %notice.token_id, valid_until = %until,
-                "the relay rotated this agent's token: put the new token in token_file before the old one stops working"),
-        }
-        answer
     }
 
     /// A pipeline's request for exported secrets (see [`export`]).
@@ -818,28 +777,6 @@ fn inject(
         headers.insert(h.name.clone(), value);
     }
     Ok(())
-}
-
-/// Replaces `path` with `token`: a temp file beside it (mode 0600), synced,
-/// renamed over it, so a reader never sees half a token.
-fn write_token(path: &std::path::Path, token: &SecretString) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "token".into());
-    let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(token.expose().as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {

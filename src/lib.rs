@@ -11,7 +11,11 @@
 //! - [`dispatch`]: what happens to each request the relay sends.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
-//! - [`audit`]: one JSON line per request the cloud sent.
+//! - [`audit`]: one JSON line per request the cloud sent; no request
+//!   served while its line cannot be written.
+//! - [`metrics`]: the Prometheus metrics, labelled from the configuration.
+//! - [`rotation`]: tokens pushed by the relay, and the fallback to the
+//!   previous token.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -29,6 +33,7 @@ pub mod forward;
 pub mod hygiene;
 pub mod metrics;
 pub mod policy;
+pub mod rotation;
 pub mod secret;
 pub mod secrets;
 pub mod tunnel;
@@ -99,10 +104,14 @@ impl Agent {
             .await?,
         );
         let audit = Arc::new(match &config.audit_file {
-            Some(path) => audit::AuditLog::to_file(path).map_err(|source| AgentError::Audit {
-                path: path.clone(),
-                source,
-            })?,
+            Some(path) => {
+                audit::AuditLog::to_file(path, config.audit_required).map_err(|source| {
+                    AgentError::Audit {
+                        path: path.clone(),
+                        source,
+                    }
+                })?
+            }
             None => audit::AuditLog::to_log(),
         });
         let admin = match config.admin_listen {
@@ -204,8 +213,16 @@ impl Agent {
         ));
         tracker.close();
         tracker.wait().await;
+        // No answer without its audit line: the lines of the last
+        // requests are written before the process exits.
+        let audit = self.dispatcher.borrow().audit_log().clone();
+        audit.flush(AUDIT_FLUSH_TIMEOUT).await;
     }
 }
+
+/// At shutdown, how long the audit writer may take to write what is
+/// queued.
+const AUDIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// TLS towards the relay: system roots plus `[relay] ca_file`, the client
 /// certificate if configured, HTTP/1.1 (the WebSocket upgrade).
@@ -301,7 +318,7 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
     if new.admin_listen != running.admin_listen {
         fixed.push("[admin]");
     }
-    if new.audit_file != running.audit_file {
+    if new.audit_file != running.audit_file || new.audit_required != running.audit_required {
         fixed.push("[audit]");
     }
     if !fixed.is_empty() {

@@ -156,8 +156,10 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
     .await
     {
         Ok(secrets) => {
+            let in_headers = header_secrets(config);
             for spec in &config.secrets {
-                match secrets.check(&spec.name).await {
+                let in_headers = in_headers.contains(spec.name.as_str());
+                match secrets.check(&spec.name, in_headers).await {
                     Ok(()) => report(
                         true,
                         format!("secret {} ({}): ok", spec.name, spec.source.kind()),
@@ -170,6 +172,20 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
             }
         }
         Err(e) => report(false, format!("secrets: error: {e}")),
+    }
+
+    if let Some(path) = &config.audit_file {
+        // What the agent does at start: append, created 0600 if missing.
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path);
+        match opened {
+            Ok(_) => report(true, format!("audit {}: ok (writable)", path.display())),
+            Err(e) => report(false, format!("audit {}: error: {e}", path.display())),
+        }
     }
 
     let mut clients = tether_agent::upstream::Clients::default();
@@ -208,6 +224,24 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Secrets that go into header values: named in a route's or a forward
+/// target's `headers`, or placed by callers (`callers`). Their values must
+/// be valid header values; the others are only exported.
+fn header_secrets(config: &AgentConfig) -> std::collections::BTreeSet<&str> {
+    let configured = config
+        .routes
+        .values()
+        .flat_map(|r| &r.headers)
+        .chain(config.forward_headers.iter().flat_map(|(_, h)| h))
+        .flat_map(|h| h.template.secrets());
+    let by_callers = config
+        .secrets
+        .iter()
+        .filter(|s| s.callers.is_some())
+        .map(|s| s.name.as_str());
+    configured.chain(by_callers).collect()
 }
 
 async fn run(config: AgentConfig, path: std::path::PathBuf) -> ExitCode {

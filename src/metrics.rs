@@ -4,12 +4,20 @@
 //! Request metrics are recorded where the audit line is written — once per
 //! request the relay sent, when its response body ended — so the audit
 //! trail and the counters always agree. Values other parts of the agent
-//! already keep (sessions, secret cache counters, dropped audit lines) are
-//! copied in when scraped.
+//! already keep (sessions, secret cache counters, the audit writer's
+//! counters) are copied in when scraped.
+//!
+//! Every label value comes from the agent's own configuration or a fixed
+//! set, never from what a caller (or the relay) sent: the `route` label is
+//! a configured route name, `forward`, `connect`, `secrets/resolve` or
+//! `unknown` ([`route_label`]); `secret` is a configured secret name; `code`
+//! a status code. The audit line keeps the detailed target; the number of
+//! series is bounded by the configuration.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,7 +26,7 @@ use prometheus_client::registry::Registry;
 
 use tether_wire::metrics::catch_up;
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, AuditStats};
 use crate::secrets::SecretStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +45,45 @@ struct SecretLabel {
     secret: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: RotationOutcome,
+}
+
+/// What became of a token the relay pushed (or of the fallback to the
+/// previous one).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// Written to `token_file`.
+    Accepted,
+    /// Refused (malformed, another id, refused before).
+    Refused,
+    /// Accepted but could not be written.
+    Failed,
+    /// The relay refused the pushed token at the handshake; the previous
+    /// token was put back.
+    RestoredPrevious,
+}
+
+impl EncodeLabelValue for RotationOutcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Accepted => "accepted",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::RestoredPrevious => "restored_previous",
+        })
+    }
+}
+
+/// Route labels that are not route names (route names are 1–64 of
+/// `A-Z a-z 0-9 _ -`; the configuration refuses these three as names).
+pub const RESERVED_ROUTE_LABELS: [&str; 3] = ["forward", "connect", "unknown"];
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 /// Every metric of the agent.
@@ -54,6 +101,14 @@ pub struct Metrics {
     secret_hits: Family<SecretLabel, Counter>,
     secret_stale: Family<SecretLabel, Counter>,
     audit_dropped: Counter,
+    audit_write_errors: Counter,
+    audit_refused: Counter,
+    audit_queued: Gauge,
+    audit_available: Gauge,
+    token_rotations: Family<OutcomeLabel, Counter>,
+    /// Route names of every configuration loaded: the only route labels
+    /// besides the reserved ones.
+    routes: RwLock<BTreeSet<String>>,
     /// One scrape at a time: copying counters in is read-then-add.
     scrape: Mutex<()>,
 }
@@ -79,6 +134,12 @@ impl Default for Metrics {
             secret_hits: Family::default(),
             secret_stale: Family::default(),
             audit_dropped: Counter::default(),
+            audit_write_errors: Counter::default(),
+            audit_refused: Counter::default(),
+            audit_queued: Gauge::default(),
+            audit_available: Gauge::default(),
+            token_rotations: Family::default(),
+            routes: RwLock::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -135,8 +196,33 @@ impl Default for Metrics {
         );
         registry.register(
             "audit_dropped",
-            "Audit lines dropped because the writer fell behind",
+            "Audit lines dropped past the writer's memory bound",
             m.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Writes to the audit file that failed (the lines are kept and retried)",
+            m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "audit_refused",
+            "Requests refused with 503 audit_unavailable",
+            m.audit_refused.clone(),
+        );
+        registry.register(
+            "audit_queued",
+            "Audit lines waiting to be written",
+            m.audit_queued.clone(),
+        );
+        registry.register(
+            "audit_available",
+            "1 while the audit trail can be written, 0 while writes fail",
+            m.audit_available.clone(),
+        );
+        registry.register(
+            "token_rotations",
+            "Tokens pushed by the relay, by outcome",
+            m.token_rotations.clone(),
         );
         Self { registry, ..m }
     }
@@ -145,12 +231,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one finished request from its audit record.
     pub fn observe(&self, record: &AuditRecord) {
+        let label = {
+            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            route_label(&record.route, &routes).to_owned()
+        };
         let route = RouteLabel {
-            route: record.route.clone(),
+            route: label.clone(),
         };
         self.requests
             .get_or_create(&RouteCode {
-                route: record.route.clone(),
+                route: label,
                 code: record.status.to_string(),
             })
             .inc();
@@ -170,6 +260,21 @@ impl Metrics {
         }
     }
 
+    /// Adds the route names of a configuration (at start and on each
+    /// reload; names of earlier configurations stay, so requests in flight
+    /// across a reload keep their label).
+    pub fn add_routes<'a>(&self, names: impl IntoIterator<Item = &'a String>) {
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        routes.extend(names.into_iter().cloned());
+    }
+
+    /// Counts what became of a pushed token.
+    pub fn token_rotation(&self, outcome: RotationOutcome) {
+        self.token_rotations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// A request went upstream; [`Metrics::request_ended`] follows.
     pub fn request_started(&self) {
         self.in_flight.inc();
@@ -186,7 +291,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with the copied-in values brought up to date.
-    pub fn render(&self, sessions: usize, secrets: &[SecretStats], audit_dropped: u64) -> String {
+    pub fn render(&self, sessions: usize, secrets: &[SecretStats], audit: &AuditStats) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.sessions
             .set(i64::try_from(sessions).unwrap_or(i64::MAX));
@@ -198,11 +303,33 @@ impl Metrics {
             catch_up(&self.secret_hits.get_or_create(&label), s.hits);
             catch_up(&self.secret_stale.get_or_create(&label), s.stale_served);
         }
-        catch_up(&self.audit_dropped, audit_dropped);
+        catch_up(&self.audit_dropped, audit.dropped);
+        catch_up(&self.audit_write_errors, audit.write_errors);
+        catch_up(&self.audit_refused, audit.refused);
+        self.audit_queued
+            .set(i64::try_from(audit.queued).unwrap_or(i64::MAX));
+        self.audit_available.set(i64::from(audit.available));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The `route` label of an audit record's `route`: a configured route
+/// name, or one of a fixed set. Forward-mode records name their target
+/// (`forward https://host:port`), CONNECT ones `connect host:port`, and a
+/// route a caller named but the configuration lacks is caller text: none
+/// of those become a label.
+pub fn route_label<'a>(route: &'a str, configured: &BTreeSet<String>) -> &'a str {
+    if route == "forward" || route.starts_with("forward ") {
+        "forward"
+    } else if route == "connect" || route.starts_with("connect ") {
+        "connect"
+    } else if route == "secrets/resolve" || configured.contains(route) {
+        route
+    } else {
+        "unknown"
     }
 }
 
@@ -211,8 +338,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_labels_come_from_the_configuration_or_a_fixed_set() {
+        let configured: BTreeSet<String> = ["jenkins".to_owned()].into();
+        for (route, label) in [
+            ("jenkins", "jenkins"),
+            ("jenkins2", "unknown"),
+            ("", "unknown"),
+            ("forward https://10.0.0.1:8443", "forward"),
+            ("forward", "forward"),
+            ("connect db.internal:443", "connect"),
+            ("secrets/resolve", "secrets/resolve"),
+        ] {
+            assert_eq!(route_label(route, &configured), label, "{route}");
+        }
+    }
+
+    #[test]
     fn renders_requests_by_route_and_code_and_copied_values() {
         let m = Metrics::default();
+        m.add_routes(&["jenkins".to_owned()]);
         let mut r = AuditRecord::begin("id", "key", "GET");
         r.route = "jenkins".into();
         r.finish(200, "allowed");
@@ -221,7 +365,7 @@ mod tests {
         r.finish(403, "denied");
         m.observe(&r);
         m.request_started();
-        let text = m.render(2, &[], 0);
+        let text = m.render(2, &[], &AuditStats::default());
         assert!(text.contains("tether_agent_requests_in_flight 1"), "{text}");
         m.request_ended();
         let stats = [SecretStats {
@@ -230,7 +374,11 @@ mod tests {
             hits: 10,
             stale_served: 0,
         }];
-        let text = m.render(2, &stats, 4);
+        let audit = AuditStats {
+            dropped: 4,
+            ..AuditStats::default()
+        };
+        let text = m.render(2, &stats, &audit);
         assert!(
             text.contains(r#"tether_agent_requests_total{route="jenkins",code="200"} 2"#),
             "{text}"
@@ -254,7 +402,7 @@ mod tests {
             "{text}"
         );
         // Scraping again does not add twice.
-        let text = m.render(2, &stats, 4);
+        let text = m.render(2, &stats, &audit);
         assert!(
             text.contains(r#"tether_agent_secret_reads_total{secret="tok"} 3"#),
             "{text}"

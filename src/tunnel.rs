@@ -264,10 +264,58 @@ impl Slot {
         }
     }
 
+    /// Opens a session with the token in use; if the relay refuses it
+    /// (401) and it may be a token the relay pushed, retries with the
+    /// previous one (see [`crate::rotation`]).
     async fn dial(&self) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
-        tokio::time::timeout(DIAL_TIMEOUT, dial(&self.config, &self.tls))
-            .await
-            .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
+        let token = read_token(&self.config.relay.token).await?;
+        match dial_timed(&self.config, &self.tls, &token).await {
+            Err(refused @ DialError::Refused { status: 401, .. }) => {
+                self.dial_previous(&token, refused).await
+            }
+            other => other,
+        }
+    }
+
+    /// With `accept_rotation`, the relay refusing the token in
+    /// `token_file` may mean it pushed a wrong one: a session with
+    /// `token_file.prev` is tried, and if the relay accepts it, it goes
+    /// back into `token_file`. Otherwise the original refusal stands.
+    async fn dial_previous(
+        &self,
+        refused: &SecretString,
+        refusal: DialError,
+    ) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+        let (true, TokenSource::File(path)) =
+            (self.config.relay.accept_rotation, &self.config.relay.token)
+        else {
+            return Err(refusal);
+        };
+        let Some(previous) = crate::rotation::previous(path, refused).await else {
+            return Err(refusal);
+        };
+        let slot = self.number;
+        match dial_timed(&self.config, &self.tls, &previous).await {
+            Ok(session) => {
+                match crate::rotation::restore(path, refused, &previous).await {
+                    Ok(true) => {
+                        let metrics = self.dispatcher.borrow().audit_log().metrics().clone();
+                        metrics.token_rotation(crate::metrics::RotationOutcome::RestoredPrevious);
+                        tracing::error!(slot, file = %path.display(),
+                            "the relay refused the token in token_file (HTTP 401) but accepted the previous one: \
+                             it is back in token_file, the refused one is kept in token_file.refused");
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(slot, error = %e,
+                        "the previous token works but could not be written back to token_file"),
+                }
+                Ok(session)
+            }
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "the previous token (token_file.prev) was refused too");
+                Err(refusal)
+            }
+        }
     }
 
     fn spawn_session(&self, io: WsIo<Box<dyn Io>>) -> Live {
@@ -392,25 +440,35 @@ async fn serve_session(
 }
 
 /// Opens one session (TCP, proxy, TLS, token check, upgrade) and closes
-/// it: what `tether-agent check` reports on.
+/// it: what `tether-agent check` reports on. It never falls back to
+/// `token_file.prev` nor changes a file.
 pub async fn probe(config: &AgentConfig, tls: &Arc<rustls::ClientConfig>) -> Result<(), DialError> {
-    tokio::time::timeout(DIAL_TIMEOUT, dial(config, tls))
-        .await
-        .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
-        .map(drop)
+    let token = read_token(&config.relay.token).await?;
+    dial_timed(config, tls, &token).await.map(drop)
 }
 
-/// One attempt: TCP, TLS if `wss`, WebSocket upgrade with our headers.
-/// The session, and the relay replica holding it (cluster mode).
+/// [`dial`] within [`DIAL_TIMEOUT`].
+async fn dial_timed(
+    config: &AgentConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    token: &SecretString,
+) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+    tokio::time::timeout(DIAL_TIMEOUT, dial(config, tls, token))
+        .await
+        .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
+}
+
+/// One attempt with `token`: TCP, TLS if `wss`, WebSocket upgrade with our
+/// headers. The session, and the relay replica holding it (cluster mode).
 async fn dial(
     config: &AgentConfig,
     tls: &Arc<rustls::ClientConfig>,
+    token: &SecretString,
 ) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
     let url = &config.relay.url;
     let secure = url.scheme_str() == Some("wss");
     let host = url.host().unwrap_or_default().to_owned();
     let port = url.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let token = read_token(&config.relay.token).await?;
 
     let bare_host = host
         .trim_start_matches('[')
@@ -437,7 +495,7 @@ async fn dial(
         Box::new(tcp)
     };
 
-    let request = handshake_request(url, &token, config)?;
+    let request = handshake_request(url, token, config)?;
     let ws_config = tether_wire::ws_io::session_config();
     let (ws, response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))

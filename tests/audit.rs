@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
+use support::isolation::{Isolation, tmpfs_dir};
 use support::*;
 
 fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -122,4 +123,119 @@ async fn audit_lines_record_every_request_without_secrets_and_survive_rotation()
         lines(&dir.path().join("audit.jsonl.1")).len(),
         records.len()
     );
+}
+
+// Its own mount namespace holds a 64 KiB tmpfs for the audit file: a full
+// disk without touching the machine's.
+isolated_test!(
+    a_full_disk_refuses_requests_until_their_lines_can_be_written,
+    Isolation { tmpfs: Some("64k") },
+    full_disk_body
+);
+
+/// No answer without its audit line: once the audit file cannot be
+/// written, requests are refused (503 `audit_unavailable`) rather than
+/// served without a trace; lines already queued are written when space
+/// returns, and so are those of the requests served after.
+async fn full_disk_body() {
+    use std::io::Write;
+    let disk = tmpfs_dir();
+    let audit_file = disk.join("audit.jsonl");
+    let relay = Relay::start("");
+    let upstream = Upstream::start().await;
+    let (token, key) = (relay.token("acme"), relay.key("acme"));
+    let agent = Agent::spawn(
+        &format!(
+            "drain_timeout = \"2s\"\n[relay]\nurl = \"{}\"\ntoken = \"{token}\"\n\n[agent]\nname = \"a\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nfile = \"{}\"\n\n{}",
+            relay.agent_url(),
+            audit_file.display(),
+            upstream.route("sample", "[\"GET\"]", "[\"/**\"]"),
+        ),
+        &[],
+    );
+    relay.wait_sessions(2).await;
+    let auth = format!("Bearer {key}");
+    let call = || async {
+        let (status, headers, body) = get(
+            &relay.url("/v1/routes/sample/echo/x"),
+            &[("proxy-authorization", auth.as_str())],
+        )
+        .await;
+        let id = headers
+            .get("tether-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let code = if status.is_success() {
+            String::new()
+        } else {
+            problem_code(&headers, &body)
+        };
+        (status, code, id, body)
+    };
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (status, _, id, _) = call().await;
+        assert_eq!(status, StatusCode::OK);
+        served.insert(id.unwrap());
+    }
+    wait_lines(&audit_file, 3).await;
+
+    // Fill the disk (64 KiB: bounded).
+    let fill = disk.join("fill");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    while matches!(f.write(&[0u8; 4096]), Ok(n) if n > 0) {}
+    drop(f);
+    // Served while lines still fit in the file's last page; then refused.
+    let mut refusal = None;
+    for _ in 0..300 {
+        let (status, code, id, body) = call().await;
+        match status {
+            StatusCode::OK => {
+                served.insert(id.unwrap());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(code, "audit_unavailable");
+                refusal = Some(String::from_utf8_lossy(&body).into_owned());
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let refusal = refusal.expect("requests refused once the audit file cannot be written");
+    assert!(!refusal.contains(disk.to_str().unwrap()), "{refusal}");
+    let (status, _, _) = get(&format!("http://{}/readyz", agent.admin), &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready meanwhile"
+    );
+    let metrics = agent.metrics().await;
+    assert!(
+        metrics.contains("tether_agent_audit_available 0"),
+        "{metrics}"
+    );
+
+    // Space again: requests are served and every line is written, whole.
+    std::fs::remove_file(&fill).unwrap();
+    let mut again = false;
+    for _ in 0..500 {
+        let (status, _, id, _) = call().await;
+        if status == StatusCode::OK {
+            served.insert(id.unwrap());
+            again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again, "served again within 10 s of space returning");
+    let (status, _, _) = get(&format!("http://{}/readyz", agent.admin), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let records = wait_lines(&audit_file, served.len()).await;
+    let logged: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(records.len(), served.len(), "one line per request served");
+    assert_eq!(logged, served);
+    eprintln!("{} requests served, each with its line", served.len());
 }

@@ -3,6 +3,8 @@
 mod support;
 
 use http::{Request, StatusCode};
+use support::isolation::Isolation;
+use support::standin::StandIn;
 use support::*;
 
 /// The value of the sample line starting with `series ` (name and labels
@@ -103,4 +105,113 @@ async fn request_denial_session_and_agent_counters_move() {
     );
     assert_eq!(sample(&relay, "tether_relay_agent_sessions"), 2.0);
     assert_eq!(sample(&relay, "tether_relay_auth_failures_total"), 0.0);
+}
+
+// In a network namespace of its own: the forward targets below are outside
+// `allow` and must never be dialled, but if the agent ever did, nothing
+// would leave the machine.
+isolated_test!(
+    metrics_series_stay_bounded_whatever_callers_or_the_relay_send,
+    Isolation::default(),
+    metrics_series_stay_bounded_body
+);
+
+/// Callers choose forward targets and (through a compromised relay) route
+/// names: neither may become a metrics label, or every new one grows the
+/// agent's memory and `/metrics`.
+async fn metrics_series_stay_bounded_body() {
+    let relay = Relay::start("");
+    let upstream = Upstream::start().await;
+    let (token, key) = (relay.token("acme"), relay.key("acme"));
+    let standin = StandIn::start(relay.public);
+    let agent = Agent::spawn(
+        &format!(
+            "[relay]\nurl = \"{}\"\ntoken = \"{token}\"\nconnections = 2\n\n[agent]\nname = \"a\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[forward]\nallow = [\"127.0.0.1/32\"]\n\n{}",
+            standin.url(),
+            upstream.route("sample", "[\"GET\"]", "[\"/**\"]"),
+        ),
+        &[],
+    );
+    let mut standin = tokio::task::block_in_place(|| {
+        standin.wait_held();
+        standin
+    });
+    // One session on the stand-in, the other through to the real relay.
+    relay.wait_sessions(1).await;
+    let auth = format!("Bearer {key}");
+    let h = [("proxy-authorization", auth.as_str())];
+    assert_eq!(
+        get(&relay.url("/v1/routes/sample/echo"), &h).await.0,
+        StatusCode::OK
+    );
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let before = series(&agent.metrics().await);
+
+    // 2,000 routes the agent does not have, straight from the relay.
+    let answer = tokio::task::block_in_place(|| {
+        standin.command("flood tunnel.tether.invalid /v1/routes/r 2000")
+    });
+    assert_eq!(answer, r#"statuses {"404": 2000}"#);
+    // 2,000 callers' forward targets outside `allow`, through the relay.
+    let mut workers = Vec::new();
+    for w in 0..16u32 {
+        let (url, auth) = (relay.url(""), auth.clone());
+        workers.push(tokio::spawn(async move {
+            let mut denied = 0;
+            for i in (w * 125)..((w + 1) * 125) {
+                let target = format!(
+                    "{url}/v1/forward/http/10.77.{}.{}:{}/x",
+                    i / 200,
+                    i % 200,
+                    1000 + i
+                );
+                let (status, headers, body) = get(&target, &[("proxy-authorization", &auth)]).await;
+                if status == StatusCode::FORBIDDEN && problem_code(&headers, &body) == "denied" {
+                    denied += 1;
+                }
+            }
+            denied
+        }));
+    }
+    let mut denied = 0;
+    for w in workers {
+        denied += w.await.unwrap();
+    }
+    assert_eq!(denied, 2000);
+
+    let text = agent.metrics().await;
+    let after = series(&text);
+    eprintln!(
+        "/metrics: {before} series before, {after} after 4,000 requests ({} bytes)",
+        text.len()
+    );
+    // Two new label values (unknown, forward): a histogram each and a few
+    // counters, whatever the number of targets or names.
+    assert!(after - before < 60, "{before} -> {after} series:\n{text}");
+    let mut labels = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.split("route=\"").nth(1) {
+            labels.insert(rest.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        labels,
+        ["forward", "sample", "unknown"].map(str::to_owned).into(),
+        "route labels only from the configuration and the fixed set"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tether_agent_policy_denials_total{route="forward"}"#
+        ),
+        2000.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tether_agent_requests_total{route="unknown",code="404"}"#
+        ),
+        2000.0
+    );
 }

@@ -282,6 +282,13 @@ async fn accept_rotation_writes_the_pushed_token_and_the_agent_moves_to_it() {
         &std::fs::metadata(&token_file).unwrap().permissions(),
     ) & 0o777;
     assert_eq!(mode, 0o600);
+    // The token it replaced is kept, for the fallback (see tests/rotation.rs).
+    let prev = dir.path().join("token.prev");
+    assert_eq!(std::fs::read_to_string(&prev).unwrap().trim(), token);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&prev).unwrap().permissions())
+            & 0o777;
+    assert_eq!(mode, 0o600);
     // Past the grace, sessions on the old secret are closed; the agent's
     // new ones keep serving.
     tokio::time::sleep(Duration::from_millis(4000)).await;

@@ -50,6 +50,24 @@ pub enum SecretError {
     },
 }
 
+/// Why `value` cannot be used, if it cannot (never quoting it). No use
+/// takes CR or LF ([`Secrets::get`] refuses them); a header value
+/// (`in_headers`) also takes nothing `HeaderValue` refuses: only visible
+/// ASCII, space and tab (injection answers 502 `secret_unavailable` for
+/// the rest).
+pub fn unusable(value: &str, in_headers: bool) -> Option<&'static str> {
+    if value.contains(['\r', '\n']) {
+        return Some("value contains CR or LF, which cannot go in a header");
+    }
+    if in_headers && http::HeaderValue::from_str(value).is_err() {
+        return Some(
+            "value contains control characters or bytes outside visible ASCII, \
+             which cannot go in a header",
+        );
+    }
+    None
+}
+
 /// A store read failed; the message never holds a secret value.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -183,15 +201,15 @@ impl Secrets {
         } else {
             entry.reads.fetch_add(1, Ordering::Relaxed);
             match self.fetch(&entry.spec.source).await {
-                Ok(value) if value.expose().contains(['\r', '\n']) => {
-                    "value contains CR or LF, which cannot go in a header".to_owned()
-                }
-                Ok(value) => {
-                    let mut state = entry.lock();
-                    state.value = Some((value.clone(), now));
-                    state.failed_at = None;
-                    return Ok(value);
-                }
+                Ok(value) => match unusable(value.expose(), false) {
+                    Some(why) => why.to_owned(),
+                    None => {
+                        let mut state = entry.lock();
+                        state.value = Some((value.clone(), now));
+                        state.failed_at = None;
+                        return Ok(value);
+                    }
+                },
                 Err(e) => {
                     entry.lock().failed_at = Some(now);
                     e.0
@@ -215,19 +233,27 @@ impl Secrets {
         })
     }
 
-    /// Reads the store once, bypassing the cache (for `tether-agent check`).
-    pub async fn check(&self, name: &str) -> Result<(), SecretError> {
+    /// Reads the store once, bypassing the cache (for `tether-agent
+    /// check`), and checks the value as a request would use it: never with
+    /// CR or LF, and, when the secret goes into headers (`in_headers`),
+    /// only bytes a header value may hold ([`unusable`]).
+    pub async fn check(&self, name: &str, in_headers: bool) -> Result<(), SecretError> {
         let entry = self
             .entries
             .get(name)
             .ok_or_else(|| SecretError::Unknown(name.to_owned()))?;
-        self.fetch(&entry.spec.source)
+        let unavailable = |reason: String| SecretError::Unavailable {
+            name: name.to_owned(),
+            reason,
+        };
+        let value = self
+            .fetch(&entry.spec.source)
             .await
-            .map(drop)
-            .map_err(|e| SecretError::Unavailable {
-                name: name.to_owned(),
-                reason: e.0,
-            })
+            .map_err(|e| unavailable(e.0))?;
+        match unusable(value.expose(), in_headers) {
+            Some(why) => Err(unavailable(format!("unusable: {why}"))),
+            None => Ok(()),
+        }
     }
 
     /// Counters per secret.
@@ -351,6 +377,18 @@ mod tests {
         assert_eq!(s.get("a").await.unwrap().expose(), "from-env");
         assert_eq!(s.get("b").await.unwrap().expose(), "from-file");
         assert_eq!(s.get("zzz").await, Err(SecretError::Unknown("zzz".into())));
+    }
+
+    #[test]
+    fn unusable_values_are_named_never_quoted() {
+        assert_eq!(unusable("Bearer abc\tdef ~", true), None);
+        assert!(unusable("a\r\nInjected: yes", false).is_some());
+        assert!(unusable("a\nb", false).is_some());
+        for bad in ["a\u{0}b", "a\u{1b}[31m", "a\u{7f}", "pässword"] {
+            assert!(unusable(bad, true).is_some(), "{bad:?}");
+            // Export seals any bytes but CR and LF.
+            assert_eq!(unusable(bad, false), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -517,6 +517,8 @@ impl Stack {
 
 pub mod balancer;
 pub mod fault;
+pub mod isolation;
+pub mod standin;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;
 

@@ -157,6 +157,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn generated_agent_tokens_have_the_form_agents_accept() {
+        // Agents accept a pushed token only in this form (tether-wire).
+        let token = generate(Kind::AgentToken);
+        assert_eq!(
+            tether_wire::protocol::agent_token_id(&token.secret),
+            Some(token.id.as_str())
+        );
+        assert_eq!(ID_HEX, tether_wire::protocol::CREDENTIAL_ID_HEX);
+        assert_eq!(SECRET_HEX, tether_wire::protocol::CREDENTIAL_SECRET_HEX);
+    }
+
+    #[test]
     fn generated_credentials_parse_and_match_their_hash() {
         for kind in [Kind::AgentToken, Kind::ApiKey] {
             let new = generate(kind);

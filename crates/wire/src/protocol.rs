@@ -70,6 +70,35 @@ impl std::fmt::Debug for RotationNotice {
     }
 }
 
+/// Prefix of agent tokens.
+pub const AGENT_TOKEN_PREFIX: &str = "tta_";
+
+/// Hex digits of a credential's id part (the relay's `credential` module
+/// generates them).
+pub const CREDENTIAL_ID_HEX: usize = 16;
+
+/// Hex digits of a credential's secret part (256 bits).
+pub const CREDENTIAL_SECRET_HEX: usize = 64;
+
+/// The id of `token` if it is a well-formed agent token,
+/// `tta_<16 lower-case hex>_<64 lower-case hex>` and nothing else (no
+/// whitespace, no control characters); `None` otherwise. What an agent
+/// checks a token pushed by the relay against: the relay generates exactly
+/// this form and accepts no other.
+pub fn agent_token_id(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(AGENT_TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (id.len() == CREDENTIAL_ID_HEX
+        && secret.len() == CREDENTIAL_SECRET_HEX
+        && lower_hex(id)
+        && lower_hex(secret))
+    .then_some(id)
+}
+
 /// Caller API path for pipeline secret resolution (same body and answer).
 pub const RESOLVE_PATH: &str = "/v1/secrets/resolve";
 
@@ -197,6 +226,29 @@ pub fn parse_tags(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_token_id_takes_only_the_exact_form() {
+        let id = "0123456789abcdef";
+        let secret = "a".repeat(64);
+        let good = format!("tta_{id}_{secret}");
+        assert_eq!(agent_token_id(&good), Some(id));
+        for bad in [
+            format!("ttk_{id}_{secret}"),
+            format!("tta_{id}_{secret}\r\nX: y"),
+            format!("tta_{id}_{secret} "),
+            format!(" tta_{id}_{secret}"),
+            format!("tta_{id}_{}", "a".repeat(63)),
+            format!("tta_{id}_{}", "A".repeat(64)),
+            format!("tta_0123456789ABCDEF_{secret}"),
+            format!("tta_{id}x_{secret}"),
+            format!("tta_{id}_{secret}_"),
+            format!("tta_{id}{secret}"),
+            String::new(),
+        ] {
+            assert_eq!(agent_token_id(&bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn negotiates_known_version_among_others() {
