@@ -182,7 +182,9 @@ impl Writer {
                 let room = shared.room.notified();
                 tokio::pin!(room);
                 room.as_mut().enable();
-                if self.required && !shared.available.load(Ordering::Acquire) {
+                // Waiting for a failing file helps no one: refused at once
+                // (required) or served at once (not).
+                if !shared.available.load(Ordering::Acquire) {
                     return Err(Unavailable::WriteFailing);
                 }
                 if shared.pending.load(Ordering::Acquire) < self.capacity {
@@ -475,13 +477,22 @@ mod tests {
     async fn not_required_serves_while_the_file_fails() {
         let sink = Steered::default();
         sink.set(|s| s.room = Some(0));
-        let writer = Writer::spawn(sink.clone(), 100, Duration::from_millis(10), false).unwrap();
+        // A queue smaller than the lines held meanwhile.
+        let writer = Writer::spawn(sink.clone(), 4, Duration::from_millis(10), false).unwrap();
         writer.push("a\n".into());
         wait_for("the trail unavailable", || !writer.stats().available).await;
         assert!(!writer.refusing());
-        writer.admit().await.unwrap();
+        // Served at once, not after a wait for a file that fails.
+        for i in 0..20 {
+            tokio::time::timeout(Duration::from_secs(1), writer.admit())
+                .await
+                .expect("no wait")
+                .unwrap();
+            writer.push(format!("b{i}\n"));
+        }
+        assert_eq!(writer.stats().refused, 0);
         sink.set(|s| s.room = None);
         assert_eq!(writer.flush(Duration::from_secs(5)).await, 0);
-        assert_eq!(sink.lines(), ["a"]);
+        assert_eq!(sink.lines().len(), 21);
     }
 }
