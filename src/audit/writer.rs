@@ -91,6 +91,9 @@ impl Sink for FileSink {
 struct Queue {
     lines: VecDeque<String>,
     reopen: bool,
+    /// The [`Writer`] is gone: the thread ends once the queue is written
+    /// (or at the next failure).
+    closed: bool,
 }
 
 /// Counters of the writer, for `/metrics`.
@@ -264,6 +267,15 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.closed = true;
+        drop(queue);
+        self.shared.work.notify_one();
+    }
+}
+
 /// The writer thread: takes a batch of lines, writes it whole (resuming
 /// after a partial write), and on failure keeps it and retries.
 fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
@@ -275,6 +287,9 @@ fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
         let reopen = {
             let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             while batch.is_empty() && queue.lines.is_empty() && !queue.reopen {
+                if queue.closed {
+                    return;
+                }
                 queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
             if batch.is_empty() {
@@ -318,6 +333,9 @@ fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
                 // Wake waiting requests so that they see the state.
                 shared.room.notify_waiters();
                 let queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.closed {
+                    return;
+                }
                 // A reopen (SIGHUP) retries at once.
                 let _ = shared
                     .work
