@@ -9,11 +9,11 @@
 //! With `[audit] file` the lines go to that file, opened append-only with
 //! mode 0600 and reopened on SIGHUP (so logrotate can move it). A writer
 //! thread does the I/O; the request path only queues the line, and no line
-//! is dropped because the writer is behind or the file cannot be written
-//! (see [`writer`] for the rule, which is Vault's for audit devices: with
+//! is dropped because the writer is behind or the file cannot be written.
+//! The rule (module `writer`) is Vault's for audit devices: with
 //! `[audit] required`, the default with a file, no request is served while
-//! its line cannot be written). Without a file they go to the log stream
-//! under the target `tether::audit`.
+//! its line cannot be written. Without a file the lines go to the log
+//! stream under the target `tether::audit`.
 
 mod writer;
 

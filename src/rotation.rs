@@ -37,6 +37,9 @@ use tether_wire::{BoxBody, ErrorCode, Problem};
 use crate::metrics::{Metrics, RotationOutcome};
 use crate::secret::SecretString;
 
+/// 9999-12-31T23:59:59Z, the last time RFC 3339 can write.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
 /// Why a pushed token is not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -166,15 +169,14 @@ pub async fn handle_notice(
     let Some(notice) = notice else {
         return Problem::new(ErrorCode::BadRequest, "not a rotation notice").into_response();
     };
+    // Relay-chosen: a time past year 9999 (or one overflowing SystemTime)
+    // is not formatted.
     let until = notice
         .valid_until
         .and_then(|t| u64::try_from(t).ok())
-        .map(|t| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-            )
-            .to_string()
-        })
+        .filter(|t| *t <= LAST_RFC3339_SECOND)
+        .and_then(|t| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t)))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_else(|| "-".into());
     // The id the relay claims goes to the log only if it looks like one:
     // it is relay-chosen text.
@@ -237,9 +239,8 @@ pub async fn previous(path: &Path, refused: &SecretString) -> Option<SecretStrin
     let refused = refused.clone();
     tokio::task::spawn_blocking(move || {
         let prev = read(&files.prev)?;
-        let same_id = protocol::agent_token_id(prev.expose()).is_some()
-            && protocol::agent_token_id(prev.expose())
-                == protocol::agent_token_id(refused.expose());
+        let id = protocol::agent_token_id(prev.expose())?;
+        let same_id = protocol::agent_token_id(refused.expose()) == Some(id);
         (same_id && prev != refused).then_some(prev)
     })
     .await

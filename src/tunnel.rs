@@ -562,10 +562,16 @@ fn refusal(e: tokio_tungstenite::tungstenite::Error) -> DialError {
                 429 => " (rate limited)",
                 _ => "",
             };
+            // Relay-chosen text, bound for the log: no control characters.
             let body = response
                 .body()
                 .as_deref()
-                .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
+                .map(|b| {
+                    String::from_utf8_lossy(&b[..b.len().min(512)])
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect()
+                })
                 .unwrap_or_default();
             DialError::Refused { status, hint, body }
         }

@@ -68,6 +68,9 @@ async fn pushed_tokens_of_another_id_or_form_are_refused_and_a_refused_push_fall
         notice(id, "garbage"),
     ];
     let answers: Vec<String> = hostile.iter().map(|n| standin.notice(n)).collect();
+    // A time no clock can hold, and no token: logged, nothing else.
+    let far = serde_json::json!({ "token_id": id, "valid_until": i64::MAX });
+    assert_eq!(standin.notice(&far), "status 204", "answered, no panic");
     assert_eq!(read(&token_file), token, "token_file untouched");
     assert!(!dir.path().join("token.prev").exists());
     assert!(answers.iter().all(|a| a == "status 403"), "{answers:?}");

@@ -91,6 +91,9 @@ impl Sink for FileSink {
 struct Queue {
     lines: VecDeque<String>,
     reopen: bool,
+    /// The [`Writer`] is gone: the thread ends once the queue is written
+    /// (or at the next failure).
+    closed: bool,
 }
 
 /// Counters of the writer, for `/metrics`.
@@ -182,7 +185,9 @@ impl Writer {
                 let room = shared.room.notified();
                 tokio::pin!(room);
                 room.as_mut().enable();
-                if self.required && !shared.available.load(Ordering::Acquire) {
+                // Waiting for a failing file helps no one: refused at once
+                // (required) or served at once (not).
+                if !shared.available.load(Ordering::Acquire) {
                     return Err(Unavailable::WriteFailing);
                 }
                 if shared.pending.load(Ordering::Acquire) < self.capacity {
@@ -262,6 +267,15 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.closed = true;
+        drop(queue);
+        self.shared.work.notify_one();
+    }
+}
+
 /// The writer thread: takes a batch of lines, writes it whole (resuming
 /// after a partial write), and on failure keeps it and retries.
 fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
@@ -273,6 +287,9 @@ fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
         let reopen = {
             let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             while batch.is_empty() && queue.lines.is_empty() && !queue.reopen {
+                if queue.closed {
+                    return;
+                }
                 queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
             if batch.is_empty() {
@@ -316,6 +333,9 @@ fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
                 // Wake waiting requests so that they see the state.
                 shared.room.notify_waiters();
                 let queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.closed {
+                    return;
+                }
                 // A reopen (SIGHUP) retries at once.
                 let _ = shared
                     .work
@@ -475,13 +495,22 @@ mod tests {
     async fn not_required_serves_while_the_file_fails() {
         let sink = Steered::default();
         sink.set(|s| s.room = Some(0));
-        let writer = Writer::spawn(sink.clone(), 100, Duration::from_millis(10), false).unwrap();
+        // A queue smaller than the lines held meanwhile.
+        let writer = Writer::spawn(sink.clone(), 4, Duration::from_millis(10), false).unwrap();
         writer.push("a\n".into());
         wait_for("the trail unavailable", || !writer.stats().available).await;
         assert!(!writer.refusing());
-        writer.admit().await.unwrap();
+        // Served at once, not after a wait for a file that fails.
+        for i in 0..20 {
+            tokio::time::timeout(Duration::from_secs(1), writer.admit())
+                .await
+                .expect("no wait")
+                .unwrap();
+            writer.push(format!("b{i}\n"));
+        }
+        assert_eq!(writer.stats().refused, 0);
         sink.set(|s| s.room = None);
         assert_eq!(writer.flush(Duration::from_secs(5)).await, 0);
-        assert_eq!(sink.lines(), ["a"]);
+        assert_eq!(sink.lines().len(), 21);
     }
 }
