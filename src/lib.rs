@@ -9,6 +9,7 @@
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
 //! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`forward`]: forward mode's lists and SSRF guard.
 //! - [`audit`]: one JSON line per request the cloud sent.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
