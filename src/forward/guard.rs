@@ -26,7 +26,7 @@ pub const NAME_REFRESH: Duration = Duration::from_secs(20);
 /// The oldest copy of the host's addresses a check uses. Reading them is a
 /// netlink dump (tens of microseconds); a forward request already pays a
 /// DNS lookup and a connect.
-pub const OWN_ADDRESSES_MAX_AGE: Duration = Duration::from_secs(1);
+const OWN_ADDRESSES_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Longest wait for one watched name.
 const NAME_TIMEOUT: Duration = Duration::from_secs(5);
