@@ -84,6 +84,7 @@ impl Dispatcher {
             policy.services = crate::forward::own_services(
                 config.relay.proxy.as_ref(),
                 config.vault.as_ref().map(|v| v.address.as_str()),
+                config.aws.as_ref().and_then(|a| a.endpoint.as_deref()),
             );
             Some(LiveForward {
                 guard: Arc::new(crate::forward::Guard::new(policy)),

@@ -16,6 +16,7 @@
 //! - [`metrics`]: the Prometheus metrics, labelled from the configuration.
 //! - [`rotation`]: tokens pushed by the relay, and the fallback to the
 //!   previous token.
+//! - [`forward`]: forward mode's lists and SSRF guard.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //!

@@ -26,7 +26,7 @@ pub const NAME_REFRESH: Duration = Duration::from_secs(20);
 /// The oldest copy of the host's addresses a check uses. Reading them is a
 /// netlink dump (tens of microseconds); a forward request already pays a
 /// DNS lookup and a connect.
-pub const OWN_ADDRESSES_MAX_AGE: Duration = Duration::from_secs(1);
+const OWN_ADDRESSES_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Longest wait for one watched name.
 const NAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,16 +202,17 @@ fn socket_ip(addr: &nix::sys::socket::SockaddrStorage) -> Option<IpAddr> {
 }
 
 /// The services the agent itself uses, as forward mode must not reach
-/// them: its egress proxy (`[relay] proxy` or the environment's) and
-/// `[vault] address`.
+/// them: its egress proxy (`[relay] proxy` or the environment's), its
+/// `[vault] address` and its `[aws] endpoint` (a secret store's path is
+/// the agent's credentials').
 pub fn own_services(
     proxy: Option<&crate::egress::Proxy>,
     vault_address: Option<&str>,
+    aws_endpoint: Option<&str>,
 ) -> Vec<OwnService> {
     let mut out = Vec::new();
-    let host_of = |text: &str| Host::parse(text).ok();
     if let Some(proxy) = proxy
-        && let Some(host) = host_of(&proxy.host)
+        && let Ok(host) = Host::parse(&proxy.host)
     {
         out.push(OwnService {
             what: "egress proxy",
@@ -219,21 +220,21 @@ pub fn own_services(
             port: proxy.port,
         });
     }
-    if let Some(uri) = vault_address.and_then(|a| a.parse::<http::Uri>().ok())
-        && let Some(host) = uri.host().and_then(host_of)
-    {
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            });
-        out.push(OwnService {
-            what: "vault",
-            host,
-            port,
-        });
-    }
+    out.extend(vault_address.and_then(|url| service_at("vault", url)));
+    out.extend(aws_endpoint.and_then(|url| service_at("AWS endpoint", url)));
     out
+}
+
+/// The service at `url` (`https://host[:port]`).
+fn service_at(what: &'static str, url: &str) -> Option<OwnService> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    let host = Host::parse(uri.host()?).ok()?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    Some(OwnService { what, host, port })
 }

@@ -38,7 +38,7 @@ mod tests;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-pub use guard::{Guard, NAME_REFRESH, OWN_ADDRESSES_MAX_AGE, own_services};
+pub use guard::{Guard, NAME_REFRESH, own_services};
 pub use ip::literal_ip;
 
 use crate::egress::Cidr;

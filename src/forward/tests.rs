@@ -401,7 +401,7 @@ fn a_deny_name_denies_what_it_resolves_to() {
 #[test]
 fn own_services_come_from_the_proxy_and_vault_address() {
     let proxy = crate::egress::parse_proxy_url("http://10.2.2.2:3128").unwrap();
-    let services = own_services(Some(&proxy), Some("https://Vault.corp.internal"));
+    let services = own_services(Some(&proxy), Some("https://Vault.corp.internal"), None);
     assert_eq!(
         services,
         [
@@ -417,9 +417,15 @@ fn own_services_come_from_the_proxy_and_vault_address() {
             },
         ]
     );
-    let services = own_services(None, Some("https://[fd00::7]:8200"));
+    let services = own_services(
+        None,
+        Some("https://[fd00::7]:8200"),
+        Some("http://sm.corp.internal"),
+    );
     assert_eq!(services[0].host, Host::Ip("fd00::7".parse().unwrap()));
     assert_eq!(services[0].port, 8200);
+    assert_eq!(services[1].host, Host::Name("sm.corp.internal".into()));
+    assert_eq!(services[1].port, 80);
 }
 
 #[test]
