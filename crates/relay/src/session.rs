@@ -209,6 +209,9 @@ async fn run_session(
         .keep_alive_timeout(agents.ping_timeout)
         .keep_alive_while_idle(true)
         .adaptive_window(true)
+        // The agent bounds every header block it sends to this (hyper's
+        // default, 16 KiB, is below what the agent lets through).
+        .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)
         .handshake::<_, BoxBody>(TokioIo::new(WsIo::new(ws)))
         .await;
     let (sender, connection) = match handshake {

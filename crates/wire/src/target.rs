@@ -19,7 +19,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// A byte RFC 3986 does not allow raw in a path.
-    #[error("the request path has a byte RFC 3986 does not allow raw (0x{0:02x}): percent-encode it")]
+    #[error(
+        "the request path has a byte RFC 3986 does not allow raw (0x{0:02x}): percent-encode it"
+    )]
     PathByte(u8),
     /// A `%` not followed by two hexadecimal digits in the path.
     #[error("the request path has a malformed percent-encoding")]
