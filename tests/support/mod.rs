@@ -508,6 +508,8 @@ impl Stack {
 
 pub mod balancer;
 pub mod fault;
+pub mod hostile_agent;
+pub mod raw_http;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;
 

@@ -254,9 +254,9 @@ impl Call {
                             request = again.request();
                             continue;
                         }
-                        (Loss::Refused, _) => {
+                        (Loss::Refused(why), _) => {
                             tracing::warn!(request_id = %self.request_id, agent = %session.info.name,
-                                session = session.id, error = %e.error(),
+                                session = session.id, error = %why,
                                 "the agent sent what HTTP/2 refuses (e.g. a header block over the session's limit); request not re-sent");
                         }
                         (Loss::SessionLost, None) => {

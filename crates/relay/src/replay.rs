@@ -62,8 +62,8 @@ pub(crate) enum Loss {
     /// library itself reset the stream or sent GOAWAY: a header block over
     /// our limit, a protocol violation). The answer to this request, or
     /// to another on the same session, broke the connection; which one
-    /// cannot be told, so none of them is sent again.
-    Refused,
+    /// cannot be told, so none of them is sent again. What h2 said.
+    Refused(String),
     /// The session went away under the request (the peer's GOAWAY or
     /// reset, a lost connection, a missed PING): sent again if it may be.
     SessionLost,
@@ -76,8 +76,8 @@ impl Loss {
         if let Some(fault) = body.fault() {
             return Self::Body(fault);
         }
-        if h2_error(error).is_some_and(h2::Error::is_library) {
-            return Self::Refused;
+        if let Some(h2) = h2_error(error).filter(|h2| h2.is_library()) {
+            return Self::Refused(h2.to_string());
         }
         Self::SessionLost
     }
