@@ -478,7 +478,7 @@ async fn an_upstream_cannot_fake_a_peer_miss_or_reach_callers_with_tether_fields
     // An agent that answers with Tether-Peer-Miss, Tether-Peer-Outcome,
     // Tether-Foo and forged Tether-Agent / Tether-Request-Id, held by
     // relay-2; the caller asks relay-1, which forwards.
-    let agent = HostileAgent::start(c.relays[1].public, &c.token, "hostile", "sample");
+    let mut agent = HostileAgent::start(c.relays[1].public, &c.token, "hostile", "sample");
     until(Duration::from_secs(10), "session on relay-2", || async {
         c.relays[1].sessions().await == 1
     })
@@ -501,6 +501,7 @@ async fn an_upstream_cannot_fake_a_peer_miss_or_reach_callers_with_tether_fields
         .expect("an answer");
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, "served", "the upstream's answer, not a 503");
+    agent.stop();
     assert_eq!(agent.requests("/tether"), 1, "served once, never re-sent");
     let tether: Vec<&str> = headers
         .keys()

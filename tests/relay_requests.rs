@@ -35,8 +35,13 @@ fn raw(method: &str, target: &[u8], key: &str, extra: &str, body: &[u8]) -> Vec<
     bytes
 }
 
-fn logged(relay: &Relay, text: &str) -> bool {
-    relay.log.lock().unwrap().iter().any(|l| l.contains(text))
+/// Waits (bounded) until the relay has logged a line containing `text`:
+/// its log reaches the test through a pipe, a moment after the answer.
+async fn logged(relay: &Relay, text: &str) {
+    until(Duration::from_secs(5), text, || async {
+        relay.log.lock().unwrap().iter().any(|l| l.contains(text))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -54,7 +59,7 @@ async fn a_malformed_chunked_body_is_400_and_one_over_the_cap_413() {
     let response = raw_http::exchange(s.relay.public, &bad_size_line, LIMIT).await;
     assert_eq!(response.status, 400, "{response:?}");
     assert_eq!(response.problem_code(), "bad_request");
-    assert!(logged(&s.relay, "request body unreadable"));
+    logged(&s.relay, "request body unreadable").await;
 
     let mut over_cap = Vec::new();
     for _ in 0..3 {
@@ -71,10 +76,7 @@ async fn a_malformed_chunked_body_is_400_and_one_over_the_cap_413() {
     let response = raw_http::exchange(s.relay.public, &request, LIMIT).await;
     assert_eq!(response.status, 413, "{response:?}");
     assert_eq!(response.problem_code(), "payload_too_large");
-    assert!(logged(
-        &s.relay,
-        "request body over [limits] max_body_bytes"
-    ));
+    logged(&s.relay, "request body over [limits] max_body_bytes").await;
 
     // Under the cap, chunked still works.
     let body = b"5\r\nhello\r\n0\r\n\r\n";
@@ -130,12 +132,15 @@ async fn raw_non_ascii_and_unsafe_bytes_in_targets_are_400_on_both_listeners() {
     assert_eq!(response.status, 200, "{response:?}");
 }
 
+/// The trailer sections an upstream received, one per request.
+type SeenTrailers = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// An upstream answering every request with the trailers it received,
 /// as a JSON list of `[name, value]`; it keeps them for the test too.
-async fn trailer_echo() -> (SocketAddr, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+async fn trailer_echo() -> (SocketAddr, SeenTrailers) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    let seen = SeenTrailers::default();
     let record = seen.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -238,4 +243,26 @@ async fn a_new_sqlite_store_is_private_to_its_owner() {
     let _ = serving.kill();
     let _ = serving.wait();
     assert_eq!(modes, (0o600, 0o600), "-wal and -shm");
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_session_limit_is_431_and_no_session_dies() {
+    // A relay taking heads up to 512 KiB from callers: what it relays is
+    // still bounded by the sessions' 64 KiB header list limit, since a
+    // head far over what the agent takes would end the agent's session.
+    let s = Stack::start_with("[limits]\nmax_header_bytes = 524288\n", "").await;
+    let big = "b".repeat(100_000);
+    let auth = format!("Bearer {}", s.key);
+    let key = ("proxy-authorization", auth.as_str());
+    let (status, headers, body) = get(
+        &s.relay.url("/v1/routes/sample/echo"),
+        &[key, ("x-big", big.as_str())],
+    )
+    .await;
+    assert_eq!(status, 431, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(problem_code(&headers, &body), "headers_too_large");
+    assert_eq!(s.upstream.count().await, 0);
+    assert_eq!(s.relay.sessions().await, 2);
+    let (status, _, _) = get(&s.relay.url("/v1/routes/sample/echo"), &[key]).await;
+    assert_eq!(status, 200);
 }

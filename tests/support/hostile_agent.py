@@ -14,6 +14,7 @@ on the control authority, and then answers relayed requests by path:
               (Tether-Peer-Miss, Tether-Peer-Outcome, Tether-Foo, a forged
               Tether-Agent and Tether-Request-Id) beside X-Ok and X-Checksum
   anything    200 JSON: method, path, headers and trailers as received
+  CONNECT     403 at once, with a Tether-Foo field (it serves forward mode)
 
 It prints one line per event on stdout, flushed, for the test to read:
 `connected`, `registered`, `request METHOD PATH` (the path the relay sent), `goaway CODE`, `closed`.
@@ -165,6 +166,17 @@ class Session:
 
     def handle(self, event):
         if isinstance(event, h2.events.RequestReceived):
+            pseudo = dict(h for h in event.headers if h[0].startswith(":"))
+            if pseudo.get(":method") == "CONNECT":
+                # A tunnel request: refused at once, with Tether-* fields.
+                say("request CONNECT", pseudo.get(":authority"))
+                self.conn.send_headers(
+                    event.stream_id,
+                    [(":status", "403"), ("tether-foo", "x"),
+                     ("content-type", "application/problem+json")],
+                )
+                self.conn.send_data(event.stream_id, b'{"code":"denied"}', end_stream=True)
+                return True
             self.streams[event.stream_id] = {
                 "headers": event.headers,
                 "trailers": [],
@@ -174,11 +186,13 @@ class Session:
             self.conn.acknowledge_received_data(
                 event.flow_controlled_length, event.stream_id
             )
-            self.streams[event.stream_id]["body"] += event.data
+            if event.stream_id in self.streams:
+                self.streams[event.stream_id]["body"] += event.data
         elif isinstance(event, h2.events.TrailersReceived):
             self.streams[event.stream_id]["trailers"] = event.headers
         elif isinstance(event, h2.events.StreamEnded):
-            self.answer(event.stream_id, self.streams.pop(event.stream_id))
+            if event.stream_id in self.streams:
+                self.answer(event.stream_id, self.streams.pop(event.stream_id))
         elif isinstance(event, h2.events.ConnectionTerminated):
             say("goaway", int(event.error_code))
             return False
@@ -246,9 +260,10 @@ def main():
     parser.add_argument("--token", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--route", required=True)
+    parser.add_argument("--instance", help="the instance its info names")
     args = parser.parse_args()
-    instance = f"hostile-{os.getpid()}"
-    ws = handshake(args.relay, args.token, args.name, instance)
+    instance = args.instance or f"hostile-{os.getpid()}"
+    ws = handshake(args.relay, args.token, args.name, f"hostile-{os.getpid()}")
     say("connected")
     info = {
         "name": args.name,
@@ -256,7 +271,7 @@ def main():
         "version": "hostile",
         "tags": [],
         "routes": [args.route],
-        "forward": False,
+        "forward": True,
     }
     Session(ws, info).run()
 
