@@ -228,21 +228,29 @@ async fn a_new_sqlite_store_is_private_to_its_owner() {
     assert_eq!(mode(&db), 0o600, "the database file");
 
     // While a relay has it open, its WAL and shared-memory files exist.
-    let mut serving = relay("serve")
+    let serving = relay("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _serving = KillOnDrop(serving);
     let wal = dir.path().join("relay.db-wal");
     let shm = dir.path().join("relay.db-shm");
     until(LIMIT, "the relay opened its store", || async {
         wal.exists() && shm.exists()
     })
     .await;
-    let modes = (mode(&wal), mode(&shm));
-    let _ = serving.kill();
-    let _ = serving.wait();
-    assert_eq!(modes, (0o600, 0o600), "-wal and -shm");
+    assert_eq!((mode(&wal), mode(&shm)), (0o600, 0o600), "-wal and -shm");
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
