@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use support::balancer::Balancer;
+use support::hostile_agent::HostileAgent;
 use support::*;
 
 /// Replicas on one Postgres, a balancer in front of them, an upstream, a
@@ -468,5 +469,90 @@ async fn a_replica_with_another_peer_key_is_refused_and_the_caller_is_not_blamed
             .unwrap()
             .iter()
             .any(|l| l.contains("wrong or missing peer key"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_fake_a_peer_miss_or_reach_callers_with_tether_fields() {
+    let c = cluster(2).await;
+    // An agent that answers with Tether-Peer-Miss, Tether-Peer-Outcome,
+    // Tether-Foo and forged Tether-Agent / Tether-Request-Id, held by
+    // relay-2; the caller asks relay-1, which forwards.
+    let mut agent = HostileAgent::start(c.relays[1].public, &c.token, "hostile", "sample");
+    until(Duration::from_secs(10), "session on relay-2", || async {
+        c.relays[1].sessions().await == 1
+    })
+    .await;
+    let echo = c.relays[0].url("/v1/routes/sample/echo");
+    until(
+        Duration::from_secs(10),
+        "relay-1 knows the agent",
+        || async { call("GET", &echo, &c.key).await.0 == StatusCode::OK },
+    )
+    .await;
+
+    let target = c.relays[0].url("/v1/routes/sample/tether");
+    let req = Request::get(&target)
+        .header("proxy-authorization", format!("Bearer {}", c.key))
+        .body(tether_wire::empty_body())
+        .unwrap();
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(15), send(req))
+        .await
+        .expect("an answer");
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, "served", "the upstream's answer, not a 503");
+    agent.stop();
+    assert_eq!(agent.requests("/tether"), 1, "served once, never re-sent");
+    let tether: Vec<&str> = headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|n| n.starts_with("tether-"))
+        .collect();
+    assert_eq!(tether, ["tether-agent", "tether-request-id"], "{headers:?}");
+    assert_eq!(headers["tether-agent"], "hostile");
+    assert_ne!(headers["tether-request-id"], "forged");
+}
+
+/// The `[cluster] peer_listen` address of `relay`, from its config file.
+fn peer_listen(relay: &Relay) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(&relay.config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("peer_listen = "))
+        .map(|v| v.trim_matches('"').parse().unwrap())
+        .expect("peer_listen in the config")
+}
+
+#[tokio::test]
+async fn wrong_peer_keys_are_rate_limited_like_bad_tokens_and_the_right_key_is_not() {
+    let c = cluster(1).await;
+    let peer = peer_listen(&c.relays[0]);
+    let ask = |key: &'static str| async move {
+        let req = Request::get(format!("http://{peer}/v1/routes/sample/echo"))
+            .header("tether-peer-key", key)
+            .header("tether-peer-account", "acme")
+            .header("tether-peer-route", "sample")
+            .body(tether_wire::empty_body())
+            .unwrap();
+        send(req).await.0
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(ask("a-guess-at-the-peer-key-000000").await);
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "wrong keys from one address get 429 past the budget: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+    // The right key from the same address is never locked out: this
+    // replica has no agent, so it answers no_agent.
+    assert_eq!(
+        ask("cluster-test-peer-key-0123456789").await,
+        StatusCode::SERVICE_UNAVAILABLE
     );
 }

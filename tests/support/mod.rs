@@ -519,6 +519,8 @@ pub mod balancer;
 pub mod fault;
 pub mod isolation;
 pub mod standin;
+pub mod hostile_agent;
+pub mod raw_http;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;
 

@@ -23,24 +23,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderValue, Request};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use tether_wire::protocol::{AgentInfo, header as th};
-use tether_wire::{BoxBody, ErrorCode, Problem};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tether_wire::BoxBody;
+use tether_wire::protocol::AgentInfo;
 
-use crate::State;
 use crate::config::ClusterConfig;
+use crate::dispatch::Destination;
 use crate::registry::{self, Candidate, SelectError};
 
-/// Postgres channel told of every change to a replica's presence.
-const PRESENCE_CHANNEL: &str = "tether_presence";
+mod peer_listener;
+mod peer_outcome;
+mod presence;
 
-/// Headers of a forwarded request (peer listener only; callers' `tether-*`
-/// headers are stripped on the public listener, so none can be forged).
+pub(crate) use peer_listener::{PEER_HEADER_LIST_SIZE, handle_peer};
+pub(crate) use peer_outcome::PeerOutcome;
+pub(crate) use presence::run;
+
+/// Fields between replicas. On requests: callers' `tether-*` fields are
+/// stripped on the public listener, so none can be forged. On answers:
+/// agents' `tether-*` fields are stripped at the peer before it adds its
+/// own (see [`PeerOutcome`]).
 pub(crate) mod header {
     /// The shared peer key.
     pub(crate) const KEY: &str = "tether-peer-key";
@@ -50,15 +56,16 @@ pub(crate) mod header {
     pub(crate) const SELECTOR: &str = "tether-peer-selector";
     /// The route (or the forward authority); absent for control requests.
     pub(crate) const ROUTE: &str = "tether-peer-route";
-    /// On a peer's answer: it had no session for the request, which reached
-    /// no agent.
-    pub(crate) const MISS: &str = "tether-peer-miss";
+    /// On a peer's own answer: `no-agent` (the request reached no agent
+    /// there) or `refused` (the peer key was refused). See
+    /// [`super::PeerOutcome`].
+    pub(crate) const OUTCOME: &str = "tether-peer-outcome";
+    /// Prefix of every field between replicas.
+    pub(crate) const PREFIX: &str = "tether-peer-";
 }
 
 /// How long connecting to a peer may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Gathering presence changes for this long makes one write of a burst.
-const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// One agent instance held by another replica, as presence says.
 #[derive(Debug, Clone)]
@@ -99,20 +106,6 @@ pub(crate) enum PeerError {
     /// It may have reached the peer.
     Lost(hyper::Error),
 }
-
-/// A row of presence: replica, advertise URL, heartbeat, account, agent
-/// name, instance, tags and routes (JSON), forward mode.
-type PresenceRow = (
-    String,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    bool,
-);
 
 /// This replica's view of the cluster.
 pub(crate) struct Cluster {
@@ -177,9 +170,7 @@ impl Cluster {
     /// as the load), leaving out replicas already tried or known down.
     pub(crate) fn select(
         &self,
-        account: &str,
-        selector: &[String],
-        route: Option<&str>,
+        to: &Destination<'_>,
         tried: &[String],
     ) -> Result<RemoteAgent, SelectError> {
         let remote = self
@@ -191,24 +182,30 @@ impl Cluster {
             let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
             remote
                 .iter()
-                .filter(|a| a.account == account && !tried.contains(&a.replica))
+                .filter(|a| a.account == to.account && !tried.contains(&a.replica))
                 .filter(|a| down.get(&a.replica).is_none_or(|at| a.heartbeat > *at))
                 .cloned()
                 .collect()
         };
-        registry::choose(&candidates, selector, route, usize::MAX, &mut rand::rng()).cloned()
+        registry::choose(
+            &candidates,
+            to.selector,
+            to.route,
+            usize::MAX,
+            &mut rand::rng(),
+        )
+        .cloned()
     }
 
     /// Sends `request` (already in the agent's shape) to `target`'s replica
-    /// with the peer headers; the answer streams back.
+    /// with the peer headers; the answer streams back, read as a
+    /// [`PeerOutcome`].
     pub(crate) async fn forward(
         &self,
         target: &RemoteAgent,
-        account: &str,
-        selector: &[String],
-        route: Option<&str>,
+        to: &Destination<'_>,
         mut request: Request<BoxBody>,
-    ) -> Result<(Response<Incoming>, PeerInFlight), PeerError> {
+    ) -> Result<(PeerOutcome, PeerInFlight), PeerError> {
         let h = request.headers_mut();
         h.insert(header::KEY, self.key_header.clone());
         let mut put = |name: &'static str, value: &str| {
@@ -216,11 +213,11 @@ impl Cluster {
                 h.insert(name, v);
             }
         };
-        put(header::ACCOUNT, account);
-        if !selector.is_empty() {
-            put(header::SELECTOR, &selector.join(","));
+        put(header::ACCOUNT, to.account);
+        if !to.selector.is_empty() {
+            put(header::SELECTOR, &to.selector.join(","));
         }
-        if let Some(route) = route {
+        if let Some(route) = to.route {
             put(header::ROUTE, route);
         }
         let Some(mut sender) = self.sender(target).await else {
@@ -234,7 +231,7 @@ impl Cluster {
             return Err(PeerError::Unsent(Box::new(strip_peer_headers(request))));
         }
         match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, in_flight)),
+            Ok(response) => Ok((PeerOutcome::of(response), in_flight)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => {
                     self.forget_sender(&target.replica);
@@ -285,6 +282,7 @@ impl Cluster {
         let _ = tcp.set_nodelay(true);
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_header_list_size(PEER_HEADER_LIST_SIZE)
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
@@ -357,191 +355,6 @@ impl Cluster {
         let replicas: HashSet<&str> = remote.iter().map(|a| a.replica.as_str()).collect();
         (remote.len(), replicas.len())
     }
-
-    async fn register(&self) -> Result<(), sqlx::Error> {
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO cluster_replicas (replica_id, advertise, heartbeat, lease_until) \
-             VALUES ($1, $2, (extract(epoch from now()) * 1000)::bigint, \
-                     (extract(epoch from now()) * 1000)::bigint + $3) \
-             ON CONFLICT (replica_id) DO UPDATE SET advertise = EXCLUDED.advertise, \
-                heartbeat = EXCLUDED.heartbeat, lease_until = EXCLUDED.lease_until",
-        )
-        .bind(&self.replica_id)
-        .bind(&self.advertise)
-        .bind(lease_ms)
-        .execute(&mut *tx)
-        .await?;
-        // Sessions of this replica's previous life are gone.
-        sqlx::query("DELETE FROM cluster_sessions WHERE replica_id = $1")
-            .bind(&self.replica_id)
-            .execute(&mut *tx)
-            .await?;
-        notify(&mut tx, &self.replica_id).await?;
-        tx.commit().await
-    }
-
-    /// Renews the lease; `true` if the replica's row had gone and was
-    /// registered again (its sessions must then be published anew).
-    async fn heartbeat(&self) -> Result<bool, sqlx::Error> {
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let updated = sqlx::query(
-            "UPDATE cluster_replicas SET heartbeat = (extract(epoch from now()) * 1000)::bigint, \
-             lease_until = (extract(epoch from now()) * 1000)::bigint + $2 WHERE replica_id = $1",
-        )
-        .bind(&self.replica_id)
-        .bind(lease_ms)
-        .execute(&self.pool)
-        .await?;
-        if updated.rows_affected() == 0 {
-            // Removed under us (another replica with our id drained): put
-            // it back, sessions and all.
-            self.register().await?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Writes the difference between the sessions this replica holds and
-    /// those it last published.
-    async fn sync(
-        &self,
-        state: &State,
-        published: &mut HashSet<u64>,
-        force: bool,
-    ) -> Result<(), sqlx::Error> {
-        let sessions = state.registry.sessions();
-        let current: HashSet<u64> = sessions.iter().map(|s| s.id).collect();
-        let gone: Vec<i64> = published
-            .difference(&current)
-            .filter_map(|id| i64::try_from(*id).ok())
-            .collect();
-        let new: Vec<_> = sessions
-            .iter()
-            .filter(|s| force || !published.contains(&s.id))
-            .collect();
-        if gone.is_empty() && new.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        if force {
-            sqlx::query("DELETE FROM cluster_sessions WHERE replica_id = $1")
-                .bind(&self.replica_id)
-                .execute(&mut *tx)
-                .await?;
-        } else if !gone.is_empty() {
-            sqlx::query(
-                "DELETE FROM cluster_sessions WHERE replica_id = $1 AND session_id = ANY($2)",
-            )
-            .bind(&self.replica_id)
-            .bind(&gone)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !new.is_empty() {
-            let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "INSERT INTO cluster_sessions \
-                 (replica_id, session_id, account, agent, instance, tags, routes, forward) \
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], \
-                                          $6::text[], $7::text[], $8::bool[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&self.replica_id)
-            .bind(
-                new.iter()
-                    .map(|s| i64::try_from(s.id).unwrap_or(i64::MAX))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|s| s.account.clone()).collect::<Vec<_>>())
-            .bind(new.iter().map(|s| s.info.name.clone()).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|s| s.info.instance.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|s| json(&s.info.tags)).collect::<Vec<_>>())
-            .bind(new.iter().map(|s| json(&s.info.routes)).collect::<Vec<_>>())
-            .bind(new.iter().map(|s| s.info.forward).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        notify(&mut tx, &self.replica_id).await?;
-        tx.commit().await?;
-        *published = current;
-        Ok(())
-    }
-
-    /// Re-reads the agents other live replicas hold.
-    async fn reload(&self) -> Result<(), sqlx::Error> {
-        let rows: Vec<PresenceRow> = sqlx::query_as(
-            "SELECT DISTINCT s.replica_id, r.advertise, r.heartbeat, s.account, s.agent, \
-                        s.instance, s.tags, s.routes, s.forward \
-                 FROM cluster_sessions s JOIN cluster_replicas r USING (replica_id) \
-                 WHERE r.lease_until > (extract(epoch from now()) * 1000)::bigint \
-                   AND s.replica_id <> $1",
-        )
-        .bind(&self.replica_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let remote: Vec<RemoteAgent> = rows
-            .into_iter()
-            .map(
-                |(
-                    replica,
-                    advertise,
-                    heartbeat,
-                    account,
-                    name,
-                    instance,
-                    tags,
-                    routes,
-                    forward,
-                )| {
-                    RemoteAgent {
-                        load: self.load_of(&replica),
-                        replica,
-                        advertise,
-                        heartbeat,
-                        account,
-                        info: AgentInfo {
-                            name,
-                            instance,
-                            version: String::new(),
-                            tags: serde_json::from_str(&tags).unwrap_or_default(),
-                            routes: serde_json::from_str(&routes).unwrap_or_default(),
-                            forward,
-                        },
-                    }
-                },
-            )
-            .collect();
-        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(remote);
-        Ok(())
-    }
-
-    async fn leave(&self) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM cluster_replicas WHERE replica_id = $1")
-            .bind(&self.replica_id)
-            .execute(&mut *tx)
-            .await?;
-        notify(&mut tx, &self.replica_id).await?;
-        tx.commit().await
-    }
-}
-
-async fn notify(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    replica: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(PRESENCE_CHANNEL)
-        .bind(replica)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// `host:port` of an `http://host:port` advertise URL.
@@ -553,166 +366,8 @@ pub(crate) fn peer_authority(url: &str) -> Option<String> {
 }
 
 fn strip_peer_headers(mut request: Request<BoxBody>) -> Request<BoxBody> {
-    for name in [
-        header::KEY,
-        header::ACCOUNT,
-        header::SELECTOR,
-        header::ROUTE,
-    ] {
-        request.headers_mut().remove(name);
-    }
+    peer_outcome::strip_peer_fields(request.headers_mut());
     request
-}
-
-/// Keeps this replica's presence: registers it, publishes its sessions as
-/// they come and go, heartbeats, and keeps the view of the others fresh
-/// (LISTEN/NOTIFY, and a reload every heartbeat to drop expired replicas).
-/// Removes the replica's presence when the relay shuts down.
-pub(crate) async fn run(state: Arc<State>, cluster: Arc<Cluster>) {
-    let beat = cluster.lease / 3;
-    let mut registered = false;
-    let mut published = HashSet::new();
-    let mut listener: Option<PgListener> = None;
-    let mut tick = tokio::time::interval(beat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        let mut reload = false;
-        let mut force = false;
-        tokio::select! {
-            _ = tick.tick() => {
-                reload = true;
-                if listener.is_none() {
-                    listener = listen(&cluster.url).await;
-                }
-                let beat = if registered {
-                    cluster.heartbeat().await
-                } else {
-                    cluster.register().await.map(|()| true)
-                };
-                match beat {
-                    Ok(anew) => {
-                        force = anew;
-                        registered = true;
-                        if failing {
-                            tracing::info!("cluster presence store reachable again");
-                        }
-                        failing = false;
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "cannot renew this replica's presence lease");
-                        }
-                        failing = true;
-                    }
-                }
-            }
-            () = state.registry.changed().notified() => {
-                tokio::time::sleep(DEBOUNCE).await;
-            }
-            got = async { listener.as_mut()?.recv().await.ok() }, if listener.is_some() => {
-                match got {
-                    Some(_) => {
-                        tokio::time::sleep(DEBOUNCE).await;
-                        // Everything that arrived meanwhile is covered by one reload.
-                        while listener.as_mut().and_then(PgListener::next_buffered).is_some() {}
-                        reload = true;
-                    }
-                    None => {
-                        tracing::warn!("presence listener lost; reconnecting at the next heartbeat");
-                        listener = None;
-                    }
-                }
-            }
-            () = state.shutdown.cancelled() => {
-                if let Err(e) = cluster.leave().await {
-                    tracing::warn!(error = %e, "cannot remove this replica's presence; it ends with its lease");
-                }
-                return;
-            }
-        }
-        if registered && let Err(e) = cluster.sync(&state, &mut published, force).await {
-            tracing::warn!(error = %e, "cannot publish this replica's sessions");
-        }
-        if reload && let Err(e) = cluster.reload().await {
-            tracing::warn!(error = %e, "cannot read the cluster's presence");
-        }
-    }
-}
-
-async fn listen(url: &str) -> Option<PgListener> {
-    let mut listener = PgListener::connect(url)
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot LISTEN for presence changes"))
-        .ok()?;
-    listener.listen(PRESENCE_CHANNEL).await.ok()?;
-    Some(listener)
-}
-
-/// Handles a request forwarded by a peer replica: checks the peer key,
-/// then relays it through a local session by the rules of a local request
-/// (never to another peer). An answer that reached no agent because this
-/// replica has none matching any more carries [`header::MISS`].
-pub(crate) async fn handle_peer(
-    state: Arc<State>,
-    mut req: Request<Incoming>,
-) -> Response<BoxBody> {
-    use http_body_util::BodyExt;
-    let request_id = req
-        .headers()
-        .get(th::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let call = crate::ingress::Call::with_id(request_id);
-    let Some(cluster) = state.cluster.as_ref() else {
-        return call.fail(ErrorCode::NoSuchRoute, "not in cluster mode");
-    };
-    if !cluster.admits(req.headers()) {
-        tracing::warn!("peer request refused: wrong or missing peer key");
-        let mut response =
-            Problem::new(ErrorCode::Unauthorized, "peer key required").into_response();
-        response
-            .headers_mut()
-            .insert(header::MISS, HeaderValue::from_static("1"));
-        return response;
-    }
-    state.metrics.peer_served();
-    let text = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let Some(account) = text(header::ACCOUNT) else {
-        return call.fail(ErrorCode::BadRequest, "peer request without an account");
-    };
-    let selector = text(header::SELECTOR)
-        .map(|s| tether_wire::protocol::parse_tags(&s))
-        .unwrap_or_default();
-    let route = text(header::ROUTE);
-    for name in [
-        header::KEY,
-        header::ACCOUNT,
-        header::SELECTOR,
-        header::ROUTE,
-    ] {
-        req.headers_mut().remove(name);
-    }
-    let (parts, body) = req.into_parts();
-    let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
-    let mut response = call
-        .dispatch_local(&state, &selector, &account, route.as_deref(), request, None)
-        .await;
-    if response
-        .extensions()
-        .get::<crate::ingress::Unreached>()
-        .is_some()
-    {
-        response
-            .headers_mut()
-            .insert(header::MISS, HeaderValue::from_static("1"));
-    }
-    response
 }
 
 #[cfg(test)]

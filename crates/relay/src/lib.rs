@@ -12,6 +12,11 @@
 //! - [`registry`]: connected agent sessions and the choice of one.
 //! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
 //! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/secrets/resolve`.
+//! - `dispatch`: sends a request to an agent, locally or through a peer,
+//!   and keeps `Tether-*` fields an agent relays from passing for ours.
+//! - `replay`: whether a request that got no response may go again.
+//! - `request_body`: the caller's body, capped, its failure kept.
+//! - `cluster`: presence of replicas and peer forwarding (cluster mode).
 //! - [`limiter`]: failed authentications per source address.
 //! - `watcher`: applies credential changes (revocation, rotation) to live
 //!   sessions and caches, from the store, within a second.
@@ -24,12 +29,15 @@ pub mod auth;
 mod cluster;
 pub mod config;
 pub mod credential;
+mod dispatch;
 mod ingress;
 pub mod limiter;
 pub mod metrics;
 pub mod preflight;
 mod proxy;
 pub mod registry;
+mod replay;
+mod request_body;
 mod session;
 pub mod store;
 pub mod version;
@@ -253,12 +261,16 @@ impl Relay {
         let peer = async {
             if let Some(listener) = self.peer {
                 let peer_state = state.clone();
+                let peer_options = ServeOptions {
+                    max_header_bytes: cluster::PEER_HEADER_LIST_SIZE as usize,
+                    ..options.clone()
+                };
                 serve::serve(
                     listener,
                     None,
-                    options.clone(),
-                    serve::handler(move |req, _remote| {
-                        cluster::handle_peer(peer_state.clone(), req)
+                    peer_options,
+                    serve::handler(move |req, remote| {
+                        cluster::handle_peer(peer_state.clone(), req, remote)
                     }),
                     state.shutdown.clone(),
                     state.tracker.clone(),
@@ -322,6 +334,9 @@ async fn handle_public(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<BoxBody> {
+    if let Some(refused) = bad_target(&req) {
+        return refused;
+    }
     let path = req.uri().path();
     if path == protocol::CONNECT_PATH {
         return session::handle_connect(state, req, remote).await;
@@ -373,6 +388,16 @@ async fn handle_admin(
         }
         _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
     }
+}
+
+/// The 400 answer for a request target with bytes RFC 3986 does not
+/// allow raw (non-ASCII among them), given before anything reads the
+/// target: see [`tether_wire::target`].
+pub(crate) fn bad_target<B>(req: &Request<B>) -> Option<Response<BoxBody>> {
+    let target = req.uri().path_and_query()?;
+    let e = tether_wire::target::check_path_and_query(target.as_str()).err()?;
+    tracing::info!(error = %e, "request refused: unusable request target");
+    Some(Problem::new(ErrorCode::BadRequest, e.to_string()).into_response())
 }
 
 fn readiness(state: &State) -> Response<BoxBody> {

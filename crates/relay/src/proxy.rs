@@ -18,8 +18,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tether_wire::body::FilteredTrailers;
+use tether_wire::headers::{strip_hop_by_hop, strip_tether};
 use tether_wire::protocol::{self, header as th};
 use tether_wire::{BoxBody, ErrorCode, empty_body};
 
@@ -36,6 +39,9 @@ pub(crate) async fn handle(
     remote: SocketAddr,
 ) -> Response<BoxBody> {
     let call = Call::new();
+    if let Some(refused) = crate::bad_target(&req) {
+        return refused;
+    }
     let Some(key) = proxy_key(req.headers()) else {
         state.limiter.failed(remote.ip());
         return call.fail(
@@ -181,16 +187,13 @@ async fn connect(
         }
     };
     if agent_response.status() != StatusCode::OK {
-        // The agent's refusal (problem+json), passed on.
+        // The agent's refusal (problem+json), passed on with the same
+        // hygiene as any relayed response.
         let (mut parts, body) = agent_response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        strip_tether(&mut parts.headers);
         call.stamp(&mut parts.headers);
-        return Response::from_parts(
-            parts,
-            http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-                body,
-                tether_wire::BoxError::from,
-            )),
-        );
+        return Response::from_parts(parts, FilteredTrailers::new(body).boxed());
     }
     let agent_name = session.info.name.clone();
     let request_id = call.request_id.clone();

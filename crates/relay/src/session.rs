@@ -221,6 +221,9 @@ async fn run_session(
         .keep_alive_timeout(agents.ping_timeout)
         .keep_alive_while_idle(true)
         .adaptive_window(true)
+        // The agent bounds every header block it sends to this (hyper's
+        // default, 16 KiB, is below what the agent lets through).
+        .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)
         .handshake::<_, BoxBody>(TokioIo::new(WsIo::new(ws)))
         .await;
     let (sender, connection) = match handshake {
@@ -242,13 +245,20 @@ async fn run_session(
         }
     };
     let info = match info {
-        Ok(Ok(info)) if info.name == hello.name => info,
-        Ok(Ok(info)) => {
-            tracing::warn!(%remote, handshake = %hello.name, info = %info.name,
+        Ok(Ok(info)) if info.name != hello.name => {
+            // Debug-quoted: the agent chose it.
+            tracing::warn!(%remote, handshake = %hello.name, info = ?info.name,
                 "agent name in info differs from handshake; closing");
             connection.abort();
             return;
         }
+        Ok(Ok(info)) if !plain_info(&info) => {
+            tracing::warn!(%remote, agent = %hello.name,
+                "agent info has control characters or fields over 256 bytes; closing");
+            connection.abort();
+            return;
+        }
+        Ok(Ok(info)) => info,
         Ok(Err(e)) => {
             tracing::warn!(%remote, agent = %hello.name, error = %e, "agent info request failed");
             connection.abort();
@@ -305,6 +315,17 @@ async fn run_session(
         %remote, reason = %why, "agent disconnected");
 }
 
+/// Whether the free text of an agent's info (instance, version, tags,
+/// routes) is fit to log, publish to peers and list: no control
+/// characters (a newline would forge log lines), at most 256 bytes each.
+fn plain_info(info: &AgentInfo) -> bool {
+    let plain = |s: &String| s.len() <= 256 && !s.chars().any(char::is_control);
+    plain(&info.instance)
+        && plain(&info.version)
+        && info.tags.iter().all(plain)
+        && info.routes.iter().all(plain)
+}
+
 /// Waits (bounded) for requests in flight on `session` to finish.
 async fn drain(session: &AgentSession, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -337,4 +358,42 @@ async fn fetch_info(mut sender: http2::SendRequest<BoxBody>) -> Result<AgentInfo
         .map_err(|e| e.to_string())?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_info_with_control_characters_is_not_plain() {
+        let info = AgentInfo {
+            name: "a".into(),
+            instance: "pod-1".into(),
+            version: "0.1.0".into(),
+            tags: vec!["eu".into()],
+            routes: vec!["jenkins".into()],
+            forward: false,
+        };
+        assert!(plain_info(&info));
+        for bad in [
+            AgentInfo {
+                instance: "pod\n2026-01-01 WARN forged".into(),
+                ..info.clone()
+            },
+            AgentInfo {
+                version: "\u{1b}[31m".into(),
+                ..info.clone()
+            },
+            AgentInfo {
+                tags: vec!["x\r".into()],
+                ..info.clone()
+            },
+            AgentInfo {
+                routes: vec!["r".repeat(257)],
+                ..info.clone()
+            },
+        ] {
+            assert!(!plain_info(&bad), "{bad:?}");
+        }
+    }
 }

@@ -15,6 +15,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::credential::{self, Kind, NewCredential, Presented};
 
+mod sqlite_file;
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -226,6 +228,9 @@ impl Store {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
             _ => url.to_owned(),
         };
+        if backend == Backend::Sqlite {
+            sqlite_file::create_private(&url);
+        }
         let pool = AnyPoolOptions::new()
             .acquire_timeout(crate::preflight::STORE_CONNECT_TIMEOUT)
             .max_connections(match backend {

@@ -65,6 +65,70 @@ pub fn strip_tether(headers: &mut HeaderMap) {
     }
 }
 
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1: framing,
+/// routing, request modifiers, authentication, response control), beyond
+/// the hop-by-hop ones. A trailer arrives after the head was checked and
+/// forwarded, so none of these may act on the message any more.
+const NOT_IN_TRAILERS: &[HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::HOST,
+    header::TRAILER,
+    header::EXPECT,
+    header::MAX_FORWARDS,
+    header::RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::CACHE_CONTROL,
+    header::AUTHORIZATION,
+    header::WWW_AUTHENTICATE,
+    header::COOKIE,
+    header::SET_COOKIE,
+];
+
+/// Applies header hygiene to a trailer section: removes hop-by-hop fields
+/// (with those `Connection` names, and `TE` altogether), every `Proxy-*`
+/// and `Tether-*` field, and the fields RFC 9110 §6.5.1 keeps out of
+/// trailers ([`NOT_IN_TRAILERS`]). What is left is end-to-end metadata
+/// such as `grpc-status` or a checksum.
+///
+/// Trailers get the same rules as headers: a `Tether-*` trailer must not
+/// reach an agent or a caller, and a connection-specific field in a trailer
+/// is one HTTP/2 refuses to send (RFC 9113 §8.2.2), which would leave the
+/// stream unfinished.
+pub fn filter_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    strip_tether(trailers);
+    trailers.remove(header::TE);
+    for name in NOT_IN_TRAILERS {
+        trailers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        trailers.remove(name);
+    }
+}
+
+/// Size of a header list as HTTP/2 counts it against
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` (RFC 9113 §6.5.2): the octets of each
+/// name and value plus 32 per field. Pseudo-header fields are not in a
+/// [`HeaderMap`]; add theirs to compare with a limit.
+pub fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +173,43 @@ mod tests {
         strip_tether(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("tetherish"));
+    }
+
+    #[test]
+    fn trailers_keep_only_end_to_end_metadata() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-named"),
+            ("x-named", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Bearer k"),
+            ("proxy-connection", "close"),
+            ("proxy-anything", "x"),
+            ("tether-x", "1"),
+            ("tether-request-id", "forged"),
+            ("content-length", "5"),
+            ("host", "elsewhere"),
+            ("authorization", "Bearer other"),
+            ("trailer", "x-ok"),
+            ("x-ok", "1"),
+            ("grpc-status", "0"),
+        ] {
+            t.append(name, HeaderValue::from_static(value));
+        }
+        filter_trailers(&mut t);
+        let mut left: Vec<_> = t.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-ok"]);
+    }
+
+    #[test]
+    fn header_list_size_counts_32_octets_per_field() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("12345"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        assert_eq!(header_list_size(&h), (3 + 5 + 32) + (3 + 1 + 32));
     }
 }

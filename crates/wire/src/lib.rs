@@ -5,7 +5,9 @@
 //!   reserved HTTP/2 authorities and the control messages.
 //! - [`problem`]: the stable error codes and their `application/problem+json`
 //!   rendering, used by both sides for every error they generate.
-//! - [`headers`]: hop-by-hop and `Tether-*` header removal.
+//! - [`headers`]: hop-by-hop and `Tether-*` header removal, trailer hygiene.
+//! - [`body`]: [`body::FilteredTrailers`], trailer hygiene on any body.
+//! - [`target`]: which request targets (RFC 3986 bytes) are accepted.
 //! - [`cli`]: logging set-up and signal handling both binaries share.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
@@ -17,6 +19,7 @@
 //! relay is the client and the agent the server. hyper does the multiplexing,
 //! flow control and cancellation; this crate only adapts the framing.
 
+pub mod body;
 pub mod cli;
 pub mod config_location;
 pub mod headers;
@@ -25,6 +28,7 @@ pub mod notify;
 pub mod problem;
 pub mod protocol;
 pub mod serve;
+pub mod target;
 pub mod ws_io;
 
 /// The git revision the binaries were built from (`unknown` outside a

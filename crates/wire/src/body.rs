@@ -1,0 +1,108 @@
+//! Body adapters both sides put on what they forward.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::BoxError;
+use crate::headers::filter_trailers;
+
+/// A body whose trailer section gets [`filter_trailers`]: hop-by-hop,
+/// `Proxy-*`, `Tether-*` and the fields RFC 9110 §6.5.1 keeps out of
+/// trailers are removed; data frames pass untouched and unbuffered.
+///
+/// A trailer section left empty by the filter is dropped: the body then
+/// ends after its data, which every peer reads the same way.
+#[derive(Debug)]
+pub struct FilteredTrailers<B> {
+    inner: B,
+}
+
+impl<B> FilteredTrailers<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+impl<B> Body for FilteredTrailers<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(None),
+            };
+            match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    filter_trailers(&mut trailers);
+                    if !trailers.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    // Nothing left: the body ends with its data.
+                }
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body_with_trailers(
+        trailers: HeaderMap,
+    ) -> FilteredTrailers<impl Body<Data = Bytes, Error = BoxError> + Unpin> {
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        FilteredTrailers::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn data_passes_and_trailers_are_filtered() {
+        let mut t = HeaderMap::new();
+        t.insert("connection", HeaderValue::from_static("close"));
+        t.insert("tether-x", HeaderValue::from_static("1"));
+        t.insert("proxy-authorization", HeaderValue::from_static("x"));
+        t.insert("x-ok", HeaderValue::from_static("1"));
+        let collected = body_with_trailers(t).collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(collected.to_bytes(), "payload");
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["x-ok"], "1");
+    }
+
+    #[tokio::test]
+    async fn a_trailer_section_left_empty_is_dropped() {
+        let mut t = HeaderMap::new();
+        t.insert("te", HeaderValue::from_static("trailers"));
+        let collected = body_with_trailers(t).collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), "payload");
+    }
+}
