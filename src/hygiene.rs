@@ -46,11 +46,7 @@ pub struct TooLarge {
 /// decoder counts it against `SETTINGS_MAX_HEADER_LIST_SIZE`.
 pub fn block_size(status: Option<StatusCode>, fields: &HeaderMap) -> usize {
     let pseudo = status.map_or(0, |_| ":status".len() + 3 + FIELD_OVERHEAD);
-    pseudo
-        + fields
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
-            .sum::<usize>()
+    pseudo + tether_wire::headers::header_list_size(fields)
 }
 
 /// Prepares an upstream's response head for the session: hop-by-hop and

@@ -421,6 +421,9 @@ async fn serve_session(
         .keep_alive_timeout(config.relay.ping_timeout)
         .adaptive_window(true)
         .max_concurrent_streams(1024)
+        // The relay's request heads are bounded the same way as the
+        // answers the agent sends back (tether_wire::protocol).
+        .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {

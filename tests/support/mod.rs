@@ -517,10 +517,10 @@ impl Stack {
 
 pub mod balancer;
 pub mod fault;
-pub mod isolation;
-pub mod standin;
 pub mod hostile_agent;
+pub mod isolation;
 pub mod raw_http;
+pub mod standin;
 
 pub type TestClient = Client<HttpConnector, BoxBody>;
 
