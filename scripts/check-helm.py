@@ -6,7 +6,7 @@ them, through the Helm SDK (PyPI helm-python-sdk, no helm binary):
   linted (`helm lint --strict`) and rendered; what the rendering must
   contain is checked per case;
 - the rendered agent.toml / relay.toml is checked by the built binary
-  (target/debug: `tether-agent check --offline`, `tether-relay check`), with
+  (target/debug: `tether-agent check --offline`, `tether-relay check --offline`), with
   the files it names created under a temporary directory;
 - every manifest is validated against the Kubernetes 1.33 schemas
   (kubernetes-validate --strict);
@@ -241,7 +241,7 @@ def program_check(chart, case, text, tmp, cert_pem, key_pem):
         env = {"PATH": "/usr/bin:/bin"}
     else:
         # As replica 0 of the StatefulSet sees it (the chart's env).
-        command = [str(ROOT / "target/debug/tether-relay"), "--config", str(checked), "check"]
+        command = [str(ROOT / "target/debug/tether-relay"), "--config", str(checked), "check", "--offline"]
         env = {"PATH": "/usr/bin:/bin", "HOSTNAME": f"{RELEASE}-tether-relay-0",
                "TETHER_RELAY_STORE_URL": "postgres://tether@db/tether",
                "TETHER_RELAY_ADVERTISE": "http://tether-relay-0.peers.portal.svc:9470"}

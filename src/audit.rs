@@ -122,6 +122,7 @@ impl AuditLog {
                 target: "tether::audit",
                 request_id = %record.request_id,
                 caller_key_id = %record.caller_key_id,
+                caller_request_id = %record.caller_request_id.as_deref().unwrap_or("-"),
                 route = %record.route,
                 method = %record.method,
                 path = %record.path,
@@ -185,6 +186,10 @@ pub struct AuditRecord {
     pub request_id: String,
     /// The caller's API key id.
     pub caller_key_id: String,
+    /// The caller's own `X-Request-Id`, when it sent a usable one (the
+    /// upstream got that one; otherwise it got `request_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_request_id: Option<String>,
     /// Route name, or `secrets/resolve`.
     pub route: String,
     /// HTTP method.
@@ -214,6 +219,7 @@ impl AuditRecord {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: request_id.to_owned(),
             caller_key_id: caller_key_id.to_owned(),
+            caller_request_id: None,
             route: String::new(),
             method: method.to_owned(),
             path: String::new(),

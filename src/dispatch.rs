@@ -546,6 +546,7 @@ impl Dispatcher {
         if !route.allow_override_headers {
             hygiene::strip_override_headers(&mut parts.headers);
         }
+        audit.record.caller_request_id = hygiene::set_request_id(&mut parts.headers, request_id);
         let caller_templates = match self.caller_placeholders(&parts.headers, route) {
             Ok(t) => t,
             Err(why) => {

@@ -150,6 +150,32 @@ pub fn strip_override_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The request id an upstream sees, in `X-Request-Id`: the caller's own
+/// when it is usable — 1 to 128 visible ASCII characters, one field —
+/// otherwise the relay's. Returns the caller's id when it was kept, for
+/// the log and the audit line.
+pub fn set_request_id(headers: &mut HeaderMap, relay_id: &str) -> Option<String> {
+    let mut sent = headers.get_all(X_REQUEST_ID).iter();
+    let caller = match (sent.next(), sent.next()) {
+        (Some(one), None) if usable_request_id(one.as_bytes()) => one.to_str().ok(),
+        _ => None,
+    }
+    .map(str::to_owned);
+    if caller.is_none() {
+        headers.remove(X_REQUEST_ID);
+        if let Ok(v) = http::HeaderValue::from_str(relay_id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+    }
+    caller
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn usable_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
 /// Interim (1xx) responses an upstream may send before its final one.
 /// hyper reads and discards them; without a bound an upstream could keep
 /// the request (and its connection) busy with them until the route's
@@ -280,6 +306,31 @@ mod tests {
                 "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn the_callers_request_id_is_kept_only_when_usable() {
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(
+            set_request_id(&mut h, "relayid").as_deref(),
+            Some("abc-123")
+        );
+        assert_eq!(h["x-request-id"], "abc-123");
+        for bad in [&"a".repeat(129), "has space", "tab\there", "é"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-request-id",
+                HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            );
+            assert_eq!(set_request_id(&mut h, "relayid"), None, "{bad:?}");
+            assert_eq!(h["x-request-id"], "relayid");
+        }
+        let mut h = map(&[("x-request-id", "one"), ("x-request-id", "two")]);
+        assert_eq!(set_request_id(&mut h, "relayid"), None);
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        let mut h = HeaderMap::new();
+        assert_eq!(set_request_id(&mut h, "relayid"), None);
+        assert_eq!(h["x-request-id"], "relayid");
     }
 
     #[test]

@@ -209,3 +209,75 @@ async fn hundred_slow_requests_are_multiplexed() {
     // it does not measure speed.
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
 }
+
+#[tokio::test]
+async fn request_ids_reach_the_upstream_the_logs_and_every_relay_answer() {
+    let s = Stack::start().await;
+    let (k, v) = s.auth();
+    let url = s.relay.url("/v1/routes/sample/echo/id");
+
+    // No id of the caller's: the upstream gets the relay's.
+    let (status, headers, body) = get(&url, &[(k, &v)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let relay_id = headers["tether-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(seen["headers"]["x-request-id"][0], relay_id.as_str());
+
+    // The caller's own is kept, and audited beside the relay's.
+    let (status, headers, body) = get(&url, &[(k, &v), ("x-request-id", "trace-42")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["x-request-id"][0], "trace-42");
+    let relay_id = headers["tether-request-id"].to_str().unwrap().to_owned();
+    until(
+        Duration::from_secs(10),
+        "the audit line names both ids",
+        || {
+            let found = s.agent.log.lock().unwrap().iter().any(|l| {
+                l.contains("tether::audit")
+                    && l.contains(&relay_id)
+                    && l.contains("caller_request_id=trace-42")
+            });
+            async move { found }
+        },
+    )
+    .await;
+
+    // One too long is replaced by the relay's.
+    let long = "x".repeat(129);
+    let (_, headers, body) = get(&url, &[(k, &v), ("x-request-id", &long)]).await;
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        seen["headers"]["x-request-id"][0],
+        headers["tether-request-id"].to_str().unwrap()
+    );
+
+    // Answers the relay makes itself carry an id, in the header and the
+    // problem document, and the relay logs them with it.
+    for (path, auth) in [
+        ("/v1/routes/sample/echo", None),
+        ("/no/such/endpoint", Some((k, v.as_str()))),
+        ("/v1/routes/nothing-serves-this/x", Some((k, v.as_str()))),
+    ] {
+        let headers_sent: Vec<(&str, &str)> = auth.into_iter().collect();
+        let (status, headers, body) = get(&s.relay.url(path), &headers_sent).await;
+        assert!(
+            status.is_client_error() || status.is_server_error(),
+            "{path}"
+        );
+        let id = headers["tether-request-id"].to_str().unwrap().to_owned();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["request_id"], id.as_str(), "{path}");
+        until(Duration::from_secs(10), "the relay logs its answer", || {
+            let found = s
+                .relay
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("answered by the relay") && l.contains(&id));
+            async move { found }
+        })
+        .await;
+    }
+}

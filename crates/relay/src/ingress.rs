@@ -47,7 +47,11 @@ impl Call {
     }
 
     /// The response for `problem`, with the request id header too.
-    fn respond(&self, problem: Problem) -> Response<BoxBody> {
+    pub(crate) fn respond(&self, problem: Problem) -> Response<BoxBody> {
+        // Every answer the relay makes itself is in its log, findable by
+        // the id the caller got.
+        tracing::info!(request_id = %self.request_id, status = problem.code.status().as_u16(),
+            code = %problem.code, detail = %problem.detail, "answered by the relay");
         let mut response = problem.into_response();
         self.stamp(response.headers_mut());
         response

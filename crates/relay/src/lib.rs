@@ -354,7 +354,7 @@ async fn handle_public(
     match (req.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),
-        _ => Problem::new(ErrorCode::NoSuchRoute, "no such endpoint").into_response(),
+        _ => ingress::Call::new().fail(ErrorCode::NoSuchRoute, "no such endpoint"),
     }
 }
 
@@ -396,8 +396,7 @@ async fn handle_admin(
 pub(crate) fn bad_target<B>(req: &Request<B>) -> Option<Response<BoxBody>> {
     let target = req.uri().path_and_query()?;
     let e = tether_wire::target::check_path_and_query(target.as_str()).err()?;
-    tracing::info!(error = %e, "request refused: unusable request target");
-    Some(Problem::new(ErrorCode::BadRequest, e.to_string()).into_response())
+    Some(ingress::Call::new().fail(ErrorCode::BadRequest, &e.to_string()))
 }
 
 fn readiness(state: &State) -> Response<BoxBody> {

@@ -36,8 +36,14 @@ enum Command {
     /// Run the relay.
     Serve,
     /// Check the configuration file (with its environment overrides) and
-    /// exit: 0 if the relay would accept it.
-    Check,
+    /// what `serve` needs (TLS and key files, the store) and exit: 0 if the
+    /// relay would start.
+    Check {
+        /// Do not connect to the store (e.g. checking a rendered chart
+        /// away from its cluster).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Agent tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -161,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             // Commands that write the store would otherwise create one in
             // the working directory without a word.
-            if !matches!(cli.command, Command::Check | Command::Agents { .. }) {
+            if !matches!(cli.command, Command::Check { .. } | Command::Agents { .. }) {
                 let cwd = std::env::current_dir()
                     .map(|d| format!(" (in {})", d.display()))
                     .unwrap_or_default();
@@ -175,8 +181,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve => serve(config).await,
-        Command::Check => {
-            let problems = tether_relay::preflight::check(&config).await;
+        Command::Check { offline } => {
+            let problems = tether_relay::preflight::check(&config, offline).await;
             if !problems.is_empty() {
                 for p in &problems {
                     eprintln!("tether-relay check: {p}");
