@@ -225,8 +225,14 @@ impl Dispatcher {
                 p.into_response()
             }
             Err(Refusal::Unavailable(e)) => {
+                // The store's own text (paths, ids, its error) stays here.
+                tracing::warn!(request_id = %request_id, error = %e, "secret unavailable for export");
                 audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
-                problem(ErrorCode::SecretUnavailable, e.to_string()).into_response()
+                problem(
+                    ErrorCode::SecretUnavailable,
+                    "a requested secret is unavailable".into(),
+                )
+                .into_response()
             }
         }
     }

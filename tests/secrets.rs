@@ -45,7 +45,10 @@ async fn echo(
     } else {
         (
             status,
-            json!({ "code": problem_code(&resp_headers, &body) }),
+            json!({
+                "code": problem_code(&resp_headers, &body),
+                "detail": serde_json::from_slice::<serde_json::Value>(&body).unwrap()["detail"],
+            }),
         )
     }
 }
@@ -282,6 +285,12 @@ async fn ttl_refresh_single_flight_and_stale_values_while_the_store_is_down() {
     let (status, doc) = echo(&relay, &key, "/v1/routes/b/echo", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{doc}");
     assert_eq!(doc["code"], "secret_unavailable");
+    // The store's own text (its address, the Vault path, its error) stays
+    // in the agent's log; the cloud side learns only that it failed.
+    let detail = doc["detail"].as_str().unwrap();
+    for internal in ["127.0.0.1", "secret/", "error", "connect", "vault"] {
+        assert!(!detail.to_lowercase().contains(internal), "{detail}");
+    }
 }
 
 #[tokio::test]
