@@ -5,16 +5,25 @@
 # that only copy bytes). For each path: small GET keep-alive (32
 # connections), a new connection per request, 1,000 concurrent
 # connections, 1 MiB responses, and a 1 GiB download; req/s, p50/p99,
-# MB/s and the ratio to the direct call of the same run; RSS of relay and
-# agent idle and at peak. Installs what it needs (wrk from Debian; rathole
-# and bore with cargo install). Everything is stopped by PID.
+# MB/s, the ratios to the direct call and to rathole of the same run, and
+# the CPU time each tunnel's own processes spent per request (utime+stime
+# from /proc over the load run ÷ requests: relay+agent for Tether, server+
+# client for rathole and bore); RSS of relay and agent idle and at peak.
+# The agent writes its audit trail to a file, as in production.
 #
-# Usage: bench/run.sh [--quick]   (--quick: 1 s per load, no 1 GiB run)
+# One run on a 2-core machine swings 2–3×, so every figure is the median
+# of RUNS alternating runs (direct, Tether, rathole, bore, direct, …) with
+# its range. Installs what it needs (wrk from Debian; rathole and bore with
+# cargo install). Everything is stopped by PID.
+#
+# Usage: bench/run.sh [--quick]   (--quick: 1 run of 1 s per cell, no
+# 1 GiB transfers: a smoke test). RUNS=N overrides the number of runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=false
 [[ "${1:-}" == "--quick" ]] && quick=true
-secs=5; $quick && secs=1
+secs=5; runs=${RUNS:-5}
+$quick && { secs=1; runs=${RUNS:-1}; }
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 if ! command -v rathole >/dev/null; then
@@ -29,6 +38,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --workspace --quiet
 STACK_BIN=target/release
 STACK_WORK=$(mktemp -d)
+# The agent audits every request to a file, as a production agent does.
+stack_agent_extra() { printf '[audit]\nfile = "%s/audit.jsonl"\n' "$STACK_WORK"; }
 # shellcheck source=scripts/stack.sh
 source scripts/stack.sh
 extra_pids=()
@@ -61,16 +72,20 @@ token = "bench"
 local_addr = "127.0.0.1:$upstream_port"
 TOML
 rathole --server "$STACK_WORK/rh-server.toml" >"$STACK_WORK/rh-server.log" 2>&1 & extra_pids+=($!)
+RH_SERVER_PID=$!
 wait_port "$rh_ctrl"
 rathole --client "$STACK_WORK/rh-client.toml" >"$STACK_WORK/rh-client.log" 2>&1 & extra_pids+=($!)
+RH_CLIENT_PID=$!
 wait_port "$rh_svc"
 
 # bore: its control port is fixed (7835) by bore itself; the tunnel port is
 # chosen here.
 bore_port=$(free_port)
 bore server --bind-addr 127.0.0.1 --min-port "$bore_port" --max-port "$bore_port" >"$STACK_WORK/bore-server.log" 2>&1 & extra_pids+=($!)
+BORE_SERVER_PID=$!
 wait_port 7835
 bore local "$upstream_port" --local-host 127.0.0.1 --to 127.0.0.1 --port "$bore_port" >"$STACK_WORK/bore-client.log" 2>&1 & extra_pids+=($!)
+BORE_CLIENT_PID=$!
 wait_port "$bore_port"
 sleep 1
 
@@ -90,57 +105,115 @@ idle_relay=$(rss "$RELAY_PID"); idle_agent=$(rss "$AGENT_PID")
     echo "$(rss "$RELAY_PID") $(rss "$AGENT_PID")" >>"$STACK_WORK/rss"; sleep 0.2
   done ) & extra_pids+=($!)
 
-# wrk → "rps p50_ms p99_ms"
+# The tunnel's own processes, whose CPU time is charged to its requests.
+declare -A procs=(
+  [direct]=""
+  [tether]="$RELAY_PID $AGENT_PID"
+  [rathole]="$RH_SERVER_PID $RH_CLIENT_PID"
+  [bore]="$BORE_SERVER_PID $BORE_CLIENT_PID"
+)
+clk=$(getconf CLK_TCK)
+# utime+stime of the given PIDs, in clock ticks.
+cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
+
+# wrk → "rps p50_ms p99_ms cpu_us_per_request"
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 load() { # path conns url_suffix [extra header]
   local path=$1 conns=$2 suffix=$3 extra=${4:-"X-Bench: 1"} out
+  local pids=${procs[$path]} before after
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids)
   out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$(auth_for "$path")" -H "$extra" "${base[$path]}$suffix" 2>&1)
-  local rps p50 p99 errors
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
+  local rps p50 p99 errors requests cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  cpu=$(awk -v d=$((after - before)) -v n="${requests:-0}" -v hz="$clk" \
+    'BEGIN { if (n > 0 && d >= 0) printf "%.1f", d * 1e6 / hz / n; else print "-" }')
+  [[ -z $pids ]] && cpu="-"
   errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
-  echo "$rps $p50 $p99 ${errors:-}" | tee -a "$STACK_WORK/raw.txt" >/dev/null
+  echo "$path $conns $suffix: $rps $p50 $p99 cpu_us=$cpu ${errors:-}" >>"$STACK_WORK/raw.txt"
   echo "$out" >>"$STACK_WORK/raw.txt"
-  echo "$rps $p50 $p99"
+  echo "$rps $p50 $p99 $cpu"
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+# "median (min–max)" of numbers on stdin, one a line; "-" if none.
+median_range() {
+  sort -g | awk '$1 != "-" { v[n++] = $1 } END {
+    if (n == 0) { print "-"; exit }
+    m = (n % 2) ? v[(n-1)/2] : (v[n/2-1] + v[n/2]) / 2
+    if (n == 1) printf "%s", m; else printf "%s (%s–%s)", m, v[0], v[n-1] }'
+}
+median() { median_range | awk '{print $1}'; }
 
 scenario() { # title conns suffix extra-header
-  local title=$1 conns=$2 suffix=$3 extra=${4:-"X-Bench: 1"}
+  local title=$1 conns=$2 suffix=$3 extra=${4:-"X-Bench: 1"} r path
+  declare -A rps=() p50=() p99=() cpu=()
+  for ((r = 1; r <= runs; r++)); do
+    for path in "${paths[@]}"; do
+      read -r a b c d < <(load "$path" "$conns" "$suffix" "$extra")
+      rps[$path]+="$a "; p50[$path]+="$b "; p99[$path]+="$c "; cpu[$path]+="$d "
+    done
+  done
+  local direct_rps rathole_rps rathole_cpu
+  direct_rps=$(tr ' ' '\n' <<<"${rps[direct]}" | median)
+  rathole_rps=$(tr ' ' '\n' <<<"${rps[rathole]}" | median)
+  rathole_cpu=$(tr ' ' '\n' <<<"${cpu[rathole]}" | median)
   echo
   echo "### $title"
   echo
-  echo "| path | req/s | ratio | p50 ms | p99 ms |"
-  echo "|---|---|---|---|---|"
-  local direct_rps=""
+  echo "| path | req/s | ÷ direct | ÷ rathole | p50 ms | p99 ms | CPU µs/request | CPU ÷ rathole |"
+  echo "|---|---|---|---|---|---|---|---|"
   for path in "${paths[@]}"; do
-    read -r rps p50 p99 < <(load "$path" "$conns" "$suffix" "$extra")
-    [[ $path == direct ]] && direct_rps=$rps
-    echo "| $path | $rps | $(ratio "$rps" "$direct_rps") | $p50 | $p99 |"
+    local m c
+    m=$(tr ' ' '\n' <<<"${rps[$path]}" | median)
+    c=$(tr ' ' '\n' <<<"${cpu[$path]}" | median)
+    echo "| $path | $(tr ' ' '\n' <<<"${rps[$path]}" | median_range) | $(ratio "$m" "$direct_rps") | $(ratio "$m" "$rathole_rps") | $(tr ' ' '\n' <<<"${p50[$path]}" | median) | $(tr ' ' '\n' <<<"${p99[$path]}" | median) | $(tr ' ' '\n' <<<"${cpu[$path]}" | median_range) | $(ratio "$c" "$rathole_cpu") |"
   done
+}
+
+# One transfer of 1 GiB: MB/s. $1 = path, $2 = download|upload.
+transfer() {
+  local path=$1 way=$2
+  if [[ $way == download ]]; then
+    curl -sS -o /dev/null -w '%{speed_download}' -H "$(auth_for "$path")" "${base[$path]}/bytes/1073741824"
+  else
+    head -c 1073741824 /dev/zero | curl -sS -o /dev/null -w '%{speed_upload}' -T - -X PUT \
+      -H "$(auth_for "$path")" "${base[$path]}/upload"
+  fi | awk '{ printf "%.0f", $1 / 1048576 }'
 }
 
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 echo "tools: $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), $(rathole --version 2>&1 | head -n1), $(bore --version 2>&1 | head -n1)"
-echo "load: wrk -t2, ${secs} s per cell; all processes share the cores"
+echo "load: wrk -t2, ${secs} s per cell, median of ${runs} alternating runs (range in brackets); all processes share the cores; agent audit to a file"
 scenario "small GET, keep-alive, 32 connections" 32 /bytes/64
 scenario "small GET, a new connection per request, 32 at a time" 32 /bytes/64 "Connection: close"
 scenario "small GET, 1,000 concurrent connections" 1000 /bytes/64
 scenario "1 MiB responses, 8 connections (MB/s = req/s)" 8 /bytes/1048576
 
 if ! $quick; then
-  echo
-  echo "### 1 GiB download"
-  echo
-  echo "| path | MB/s | ratio |"
-  echo "|---|---|---|"
-  direct_speed=""
-  for path in "${paths[@]}"; do
-    speed=$(curl -sS -o /dev/null -w '%{speed_download}' -H "$(auth_for "$path")" "${base[$path]}/bytes/1073741824")
-    [[ $path == direct ]] && direct_speed=$speed
-    echo "| $path | $(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }') | $(ratio "$speed" "$direct_speed") |"
+  big_runs=$(( runs < 3 ? runs : 3 ))
+  for way in download upload; do
+    declare -A speed=()
+    for ((r = 1; r <= big_runs; r++)); do
+      for path in "${paths[@]}"; do speed[$path]+="$(transfer "$path" "$way") "; done
+    done
+    echo
+    echo "### 1 GiB $way (median of $big_runs alternating runs)"
+    echo
+    echo "| path | MB/s | ÷ direct | ÷ rathole |"
+    echo "|---|---|---|---|"
+    d=$(tr ' ' '\n' <<<"${speed[direct]}" | median)
+    rh=$(tr ' ' '\n' <<<"${speed[rathole]}" | median)
+    for path in "${paths[@]}"; do
+      m=$(tr ' ' '\n' <<<"${speed[$path]}" | median)
+      echo "| $path | $(tr ' ' '\n' <<<"${speed[$path]}" | median_range) | $(ratio "$m" "$d") | $(ratio "$m" "$rh") |"
+    done
+    unset speed
   done
 fi
 
