@@ -9,6 +9,7 @@
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
 //! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`identity`]: end-user tokens verified against the issuer's keys.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
 //! - [`audit`]: one JSON line per request the cloud sent; no request
@@ -32,6 +33,7 @@ pub mod dispatch;
 pub mod egress;
 pub mod forward;
 pub mod hygiene;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
