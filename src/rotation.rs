@@ -11,7 +11,10 @@
 //!   whatever id the notice itself claims: a relay cannot move the agent
 //!   to another token (another account's, or its own);
 //! - it is not the token in use, nor one the relay already refused at a
-//!   handshake (`token_file.refused`).
+//!   handshake (`token_file.refused`);
+//! - the token in use was itself accepted by the relay at a handshake
+//!   (not a pushed token no session has proven yet): so `.prev` only ever
+//!   holds a token that worked, however many notices a relay sends.
 //!
 //! Anything else is refused and logged (never the token); `token_file` is
 //! left untouched.
@@ -57,6 +60,14 @@ pub enum Refusal {
     /// The relay refused this very token at a handshake before.
     #[error("the relay refused this token at a handshake before (token_file.refused)")]
     RefusedBefore,
+    /// The token in `token_file` has not been accepted at a handshake yet
+    /// (it was pushed and no session has used it): replacing it would put
+    /// an unproven token in `.prev`, and two pushes in a row would leave
+    /// no working token on disk.
+    #[error(
+        "the token in token_file has not been accepted by the relay yet; a new one waits until it is"
+    )]
+    Unconfirmed,
 }
 
 /// What [`judge`] decided.
@@ -113,6 +124,24 @@ impl TokenFiles {
 /// `.prev` must not interleave.
 static FILES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The last token the relay accepted at a handshake, per token file: only
+/// such a token may become `.prev`.
+static CONFIRMED: std::sync::Mutex<Option<(PathBuf, SecretString)>> = std::sync::Mutex::new(None);
+
+/// Records that the relay accepted `token`, read from `path`, at a
+/// handshake.
+pub fn confirm(path: &Path, token: &SecretString) {
+    let mut confirmed = CONFIRMED.lock().unwrap_or_else(|p| p.into_inner());
+    *confirmed = Some((path.to_owned(), token.clone()));
+}
+
+fn is_confirmed(path: &Path, token: &SecretString) -> bool {
+    let confirmed = CONFIRMED.lock().unwrap_or_else(|p| p.into_inner());
+    confirmed
+        .as_ref()
+        .is_some_and(|(p, t)| p == path && t == token)
+}
+
 /// Reads a token file, trimmed as the agent reads its token; `None` if
 /// missing or unreadable.
 fn read(path: &Path) -> Option<SecretString> {
@@ -146,6 +175,9 @@ fn accept(files: &TokenFiles, pushed: &SecretString) -> Result<Verdict, AcceptEr
         refused.as_ref().map(SecretString::expose),
     )?;
     if verdict == Verdict::Accept {
+        if !is_confirmed(&files.current, &current) {
+            return Err(Refusal::Unconfirmed.into());
+        }
         write_token(&files.prev, &current).map_err(AcceptError::Write)?;
         write_token(&files.current, pushed).map_err(AcceptError::Write)?;
     }
@@ -356,7 +388,23 @@ mod tests {
             Err(AcceptError::Refused(Refusal::OtherId))
         ));
         assert!(!files.prev.exists(), "nothing written on a refusal");
+        // Not yet accepted at a handshake: nothing may replace it.
+        assert!(matches!(
+            accept(&files, &new),
+            Err(AcceptError::Refused(Refusal::Unconfirmed))
+        ));
+        assert!(!files.prev.exists());
+        confirm(&path, &old);
         assert_eq!(accept(&files, &new).unwrap(), Verdict::Accept);
+        assert_eq!(read(&files.current), Some(new.clone()));
+        assert_eq!(read(&files.prev), Some(old.clone()));
+        // A second push before any session used the first: refused, so
+        // `.prev` keeps the token the relay accepted.
+        let third = SecretString::from(token(ID, 'c'));
+        assert!(matches!(
+            accept(&files, &third),
+            Err(AcceptError::Refused(Refusal::Unconfirmed))
+        ));
         assert_eq!(read(&files.current), Some(new.clone()));
         assert_eq!(read(&files.prev), Some(old.clone()));
         let mode = std::fs::metadata(&files.prev).unwrap().permissions().mode() & 0o777;

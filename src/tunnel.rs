@@ -273,6 +273,12 @@ impl Slot {
             Err(refused @ DialError::Refused { status: 401, .. }) => {
                 self.dial_previous(&token, refused).await
             }
+            Ok(session) => {
+                if let TokenSource::File(path) = &self.config.relay.token {
+                    crate::rotation::confirm(path, &token);
+                }
+                Ok(session)
+            }
             other => other,
         }
     }
@@ -297,6 +303,7 @@ impl Slot {
         let slot = self.number;
         match dial_timed(&self.config, &self.tls, &previous).await {
             Ok(session) => {
+                crate::rotation::confirm(path, &previous);
                 match crate::rotation::restore(path, refused, &previous).await {
                     Ok(true) => {
                         let metrics = self.dispatcher.borrow().audit_log().metrics().clone();
