@@ -74,6 +74,21 @@ pub(super) fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     Vec::new()
 }
 
+/// The IPv4 hosts a NAT64 address is translated to: the only forms whose
+/// packets really end at the embedded IPv4 address. 6to4, Teredo and
+/// IPv4-compatible addresses are IPv6 destinations of their own: their
+/// embedded address may make them special or denied, never allowed.
+pub(super) fn nat64_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let bits = u128::from(v6);
+    if bits >> 32 == NAT64 >> 32 {
+        return vec![Ipv4Addr::from(bits as u32)];
+    }
+    if bits >> 80 == NAT64_LOCAL >> 80 {
+        return nat64_local_layouts(bits);
+    }
+    Vec::new()
+}
+
 /// RFC 6052 §2.2 layouts inside `64:ff9b:1::/48`, as (prefix length);
 /// the IPv4 address's 32 bits follow the prefix, skipping bits 64–71.
 fn nat64_local_layouts(bits: u128) -> Vec<Ipv4Addr> {

@@ -389,13 +389,22 @@ impl ForwardPolicy {
     }
 
     /// Admitted by network: the address as written lies in an `allow`
-    /// network, or it carries IPv4 addresses and every one of them does
-    /// (`64:ff9b::10.0.0.1` under `10.0.0.0/8`).
+    /// network, or it is a NAT64 address and every IPv4 host it may
+    /// translate to does (`64:ff9b::10.0.0.1` under `10.0.0.0/8`). A 6to4,
+    /// Teredo or IPv4-compatible address is an IPv6 destination of its
+    /// own: an IPv4 allow entry never admits it (`2002:a00:1::5` is not
+    /// 10.0.0.1).
     fn allowed_address(&self, ip: IpAddr, port: u16) -> bool {
-        let views = spellings(ip);
-        let (written, carried) = views.split_at(1);
-        let admitted = |v: &IpAddr| self.allow.iter().any(|e| e.contains(*v, port));
-        admitted(&written[0]) || (!carried.is_empty() && carried.iter().all(admitted))
+        let ip = canonical(ip);
+        let admitted = |v: IpAddr| self.allow.iter().any(|e| e.contains(v, port));
+        if admitted(ip) {
+            return true;
+        }
+        let translated = match ip {
+            IpAddr::V6(v6) => ip::nat64_ipv4(v6),
+            IpAddr::V4(_) => Vec::new(),
+        };
+        !translated.is_empty() && translated.into_iter().all(|v4| admitted(IpAddr::V4(v4)))
     }
 
     /// The agent's own host: its admin port on any of its addresses

@@ -287,6 +287,20 @@ fn deny_and_allow_networks_match_every_spelling() {
             .address("ci.example.org", "[64:ff9b::a15:1]:80")
             .is_err()
     );
+    // 6to4, Teredo and IPv4-compatible addresses are IPv6 destinations of
+    // their own: an IPv4 allow never admits them (2^96 addresses behind
+    // 2002:a14::/32 are not 10.20.0.0/16).
+    for ip in [
+        "2002:a14:1::5",
+        "2002:a14:1:dead:beef::1",
+        "2001:0:1234:5678::f5eb:fffe",
+        "::a14:1",
+    ] {
+        assert!(narrow.target(ip, 80).is_err(), "{ip}");
+    }
+    // Named by an IPv6 allow entry, they are allowed.
+    let six = policy(&["2002:a14:1::/48"], &[]);
+    assert!(six.target("2002:a14:1::5", 80).is_ok());
 }
 
 #[test]
