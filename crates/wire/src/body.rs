@@ -14,7 +14,9 @@ use crate::headers::filter_trailers;
 /// trailers are removed; data frames pass untouched and unbuffered.
 ///
 /// A trailer section left empty by the filter is dropped: the body then
-/// ends after its data, which every peer reads the same way.
+/// ends after its data, which every peer reads the same way. One at or
+/// over [`crate::protocol::MAX_HEADER_LIST_SIZE`] ends the body with an
+/// error (that stream is reset) instead of reaching a session.
 #[derive(Debug)]
 pub struct FilteredTrailers<B> {
     inner: B,
@@ -48,6 +50,17 @@ where
             match frame.into_trailers() {
                 Ok(mut trailers) => {
                     filter_trailers(&mut trailers);
+                    // The section crosses HTTP/2 connections that take
+                    // header lists below this size only; over it, h2 may
+                    // end the whole connection, not this stream.
+                    let size = crate::headers::header_list_size(&trailers);
+                    if size >= crate::protocol::MAX_HEADER_LIST_SIZE as usize {
+                        return Poll::Ready(Some(Err(format!(
+                            "trailer section of {size} octets, over the {} a session carries",
+                            crate::protocol::MAX_HEADER_LIST_SIZE
+                        )
+                        .into())));
+                    }
                     if !trailers.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
@@ -104,5 +117,19 @@ mod tests {
         let collected = body_with_trailers(t).collect().await.unwrap();
         assert!(collected.trailers().is_none());
         assert_eq!(collected.to_bytes(), "payload");
+    }
+
+    #[tokio::test]
+    async fn a_trailer_section_over_the_session_limit_is_an_error() {
+        let mut t = HeaderMap::new();
+        t.insert("x-big", HeaderValue::from_str(&"b".repeat(70_000)).unwrap());
+        assert!(body_with_trailers(t).collect().await.is_err());
+        let mut t = HeaderMap::new();
+        t.insert(
+            "x-fits",
+            HeaderValue::from_str(&"b".repeat(20_000)).unwrap(),
+        );
+        let collected = body_with_trailers(t).collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-fits"].len(), 20_000);
     }
 }
