@@ -251,32 +251,8 @@ impl ConfigError {
     }
 }
 
-/// One problem at a place in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// `file:line:column: message`, one problem a line (what compilers print,
-/// so editors can jump to each).
-struct Lines<'a>(&'a Path, &'a [Problem]);
-
-impl std::fmt::Display for Lines<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, p) in self.1.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{}:{}:{}: {}", self.0.display(), p.line, p.column, p.message)?;
-        }
-        Ok(())
-    }
-}
+pub use tether_wire::config_location::Problem;
+use tether_wire::config_location::Lines;
 
 /// The problems found so far in one file. Each section's validator records
 /// what it finds here and carries on with what it can, so one run reports
@@ -296,12 +272,7 @@ impl<'a> Problems<'a> {
 
     /// Records `message` at the start of `span`.
     pub(crate) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = tether_wire::config_location::line_col(self.source, span.start);
-        self.found.push(Problem {
-            line,
-            column,
-            message: message.into(),
-        });
+        self.found.push(Problem::at(self.source, span.start, message));
     }
 
     /// The value, or `None` with the error recorded at `span`.
@@ -339,17 +310,10 @@ impl AgentConfig {
         let raw: RawConfig = match toml::from_str(source) {
             Ok(raw) => raw,
             Err(e) => {
-                let (line, column) = tether_wire::config_location::line_col(
-                    source,
-                    e.span().map_or(0, |s| s.start),
-                );
+                let offset = e.span().map_or(0, |s| s.start);
                 return Err(ConfigError::Invalid {
                     path: path.to_owned(),
-                    problems: vec![Problem {
-                        line,
-                        column,
-                        message: e.message().to_owned(),
-                    }],
+                    problems: vec![Problem::at(source, offset, e.message())],
                 });
             }
         };
