@@ -79,7 +79,9 @@ fn forward_globs_are_refused_by_the_public_suffix_list_not_by_labels() {
     let allow = |globs: &str| format!("{HEAD}[forward]\nallow = [{globs}]\n");
     let (code, out, _) = check(
         dir.path(),
-        &allow("\"*.internal\", \"*.corp.internal\", \"*.lan\", \"*.corp\", \"*.home.arpa\", \"*.example.co.uk\""),
+        &allow(
+            "\"*.internal\", \"*.corp.internal\", \"*.lan\", \"*.corp\", \"*.home.arpa\", \"*.example.co.uk\"",
+        ),
         true,
     );
     assert_eq!(code, Some(0), "{out}");

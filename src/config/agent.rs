@@ -47,7 +47,10 @@ pub(super) fn validate_identity(
     }
     let instance = match &agent.instance {
         Some(i) if i.get_ref().is_empty() || i.get_ref().contains(',') => {
-            problems.at(i.span(), "agent.instance may not be empty or contain a comma");
+            problems.at(
+                i.span(),
+                "agent.instance may not be empty or contain a comma",
+            );
             None
         }
         Some(i) => Some(i.get_ref().clone()),

@@ -251,8 +251,8 @@ impl ConfigError {
     }
 }
 
-pub use tether_wire::config_location::Problem;
 use tether_wire::config_location::Lines;
+pub use tether_wire::config_location::Problem;
 
 /// The problems found so far in one file. Each section's validator records
 /// what it finds here and carries on with what it can, so one run reports
@@ -272,7 +272,8 @@ impl<'a> Problems<'a> {
 
     /// Records `message` at the start of `span`.
     pub(crate) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.found.push(Problem::at(self.source, span.start, message));
+        self.found
+            .push(Problem::at(self.source, span.start, message));
     }
 
     /// The value, or `None` with the error recorded at `span`.
@@ -357,12 +358,13 @@ impl AgentConfig {
             let span = v.span();
             problems.take(span, validate_vault(v.into_inner()))
         });
-        if !vault_declared
-            && let Some(s) = secrets.iter().find(|s| s.source.kind() == "vault")
-        {
+        if !vault_declared && let Some(s) = secrets.iter().find(|s| s.source.kind() == "vault") {
             problems.at(
                 0..0,
-                format!("secrets.{} uses vault but there is no [vault] section", s.name),
+                format!(
+                    "secrets.{} uses vault but there is no [vault] section",
+                    s.name
+                ),
             );
         }
         let aws = raw.aws.and_then(|a| {
@@ -373,9 +375,13 @@ impl AgentConfig {
         let mut routes = BTreeMap::new();
         for (name, route) in raw.routes {
             let span = route.span();
-            if let Some(route) =
-                routes::validate(name.get_ref(), span, route.into_inner(), &declared, problems)
-            {
+            if let Some(route) = routes::validate(
+                name.get_ref(),
+                span,
+                route.into_inner(),
+                &declared,
+                problems,
+            ) {
                 routes.insert(name.into_inner(), route);
             }
         }

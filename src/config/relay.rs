@@ -68,7 +68,12 @@ pub(super) fn validate(
         Some(c) => Some(*c.get_ref()),
         None => Some(2),
     };
-    let ping_interval = duration(&relay.ping_interval, "ping_interval", PING_INTERVAL, problems);
+    let ping_interval = duration(
+        &relay.ping_interval,
+        "ping_interval",
+        PING_INTERVAL,
+        problems,
+    );
     let ping_timeout = duration(&relay.ping_timeout, "ping_timeout", PING_TIMEOUT, problems);
     let backoff_max = duration(&relay.backoff_max, "backoff_max", BACKOFF_MAX, problems);
     let proxy = match relay_proxy(&relay, url.as_ref(), env) {
@@ -82,11 +87,17 @@ pub(super) fn validate(
         (Some(cert), Some(key)) => Some(Some((cert.get_ref().clone(), key.get_ref().clone()))),
         (None, None) => Some(None),
         (Some(s), None) => {
-            problems.at(s.span(), "relay.client_cert_file needs relay.client_key_file");
+            problems.at(
+                s.span(),
+                "relay.client_cert_file needs relay.client_key_file",
+            );
             None
         }
         (None, Some(s)) => {
-            problems.at(s.span(), "relay.client_key_file needs relay.client_cert_file");
+            problems.at(
+                s.span(),
+                "relay.client_key_file needs relay.client_cert_file",
+            );
             None
         }
     };

@@ -61,8 +61,9 @@ pub(super) fn validate(
             .iter()
             .filter_map(|m| {
                 let upper = m.get_ref().to_ascii_uppercase();
-                let method = Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| format!("routes.{name}.methods: {:?} is not a method", m.get_ref()));
+                let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                    format!("routes.{name}.methods: {:?} is not a method", m.get_ref())
+                });
                 problems.take(m.span(), method)
             })
             .collect(),
@@ -94,10 +95,18 @@ pub(super) fn validate(
             Vec::new()
         }
     };
-    let headers = validate_headers(&format!("routes.{name}.headers"), &raw.headers, secrets, problems);
+    let headers = validate_headers(
+        &format!("routes.{name}.headers"),
+        &raw.headers,
+        secrets,
+        problems,
+    );
     let timeout = raw.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     if timeout.is_zero() {
-        problems.at(span.clone(), format!("routes.{name}.timeout must be above zero"));
+        problems.at(
+            span.clone(),
+            format!("routes.{name}.timeout must be above zero"),
+        );
     }
     let keys = raw.keys.as_ref().map(|list| {
         list.iter()

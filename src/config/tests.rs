@@ -3,7 +3,6 @@
 use super::*;
 use http::Method;
 
-
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -106,9 +105,8 @@ fn errors_name_file_line_and_key() {
         "{e}"
     );
 
-    let vault_without_section = format!(
-        "{MINIMAL}\n[secrets.x]\nvault = {{ path = \"secret/data/a\", field = \"f\" }}\n"
-    );
+    let vault_without_section =
+        format!("{MINIMAL}\n[secrets.x]\nvault = {{ path = \"secret/data/a\", field = \"f\" }}\n");
     assert!(error_of(&vault_without_section).contains("no [vault] section"));
 
     let bad_target = format!(
@@ -122,8 +120,7 @@ fn errors_name_file_line_and_key() {
 
 #[test]
 fn secrets_and_route_templates_validate() {
-    let with_secret = MINIMAL
-        .replace("\"platform\"", "\"Bearer ${{ secrets.jenkins_token }}\"")
+    let with_secret = MINIMAL.replace("\"platform\"", "\"Bearer ${{ secrets.jenkins_token }}\"")
         + "\n[secrets.jenkins_token]\nvault = { path = \"secret/data/ci/jenkins\", field = \"token\" }\n\
            ttl = \"1m\"\n\n[vault]\naddress = \"https://vault:8200\"\n\
            auth = { method = \"approle\", role_id = \"r\", secret_id_file = \"/s\" }\n";

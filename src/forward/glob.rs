@@ -17,7 +17,14 @@
 /// multicast DNS) and the names RFC 6762 appendix G lists as in private
 /// use (`intranet`, `private`, `corp`, `home`, `lan`).
 pub(super) const PRIVATE_USE: &[&str] = &[
-    "internal", "home.arpa", "local", "intranet", "private", "corp", "home", "lan",
+    "internal",
+    "home.arpa",
+    "local",
+    "intranet",
+    "private",
+    "corp",
+    "home",
+    "lan",
 ];
 
 /// Whether `*.{domain}` is narrow enough: `domain` (lower case, no
@@ -26,7 +33,8 @@ pub(super) fn narrow_enough(domain: &str) -> Result<(), String> {
     if PRIVATE_USE.contains(&domain) {
         return Ok(());
     }
-    let is_suffix = psl::suffix(domain.as_bytes()).is_some_and(|s| s.as_bytes() == domain.as_bytes());
+    let is_suffix =
+        psl::suffix(domain.as_bytes()).is_some_and(|s| s.as_bytes() == domain.as_bytes());
     if !is_suffix {
         return Ok(());
     }

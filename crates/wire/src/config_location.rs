@@ -36,7 +36,14 @@ impl std::fmt::Display for Lines<'_> {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{}:{}:{}: {}", self.0.display(), p.line, p.column, p.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.0.display(),
+                p.line,
+                p.column,
+                p.message
+            )?;
         }
         Ok(())
     }
