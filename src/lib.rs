@@ -61,23 +61,23 @@ pub enum AgentError {
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
     /// The audit file could not be opened.
-    #[error("audit file {path}: {source}")]
+    #[error("audit file {path}: {reason}")]
     Audit {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also the error's `source()`).
+        reason: std::io::Error,
     },
     /// A secret store could not be set up.
     #[error("secrets: {0}")]
     Secrets(#[from] secrets::FetchError),
     /// The admin listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {reason}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also the error's `source()`).
+        reason: std::io::Error,
     },
 }
 
@@ -108,10 +108,10 @@ impl Agent {
         );
         let audit = Arc::new(match &config.audit_file {
             Some(path) => {
-                audit::AuditLog::to_file(path, config.audit_required).map_err(|source| {
+                audit::AuditLog::to_file(path, config.audit_required).map_err(|reason| {
                     AgentError::Audit {
                         path: path.clone(),
-                        source,
+                        reason,
                     }
                 })?
             }
@@ -121,7 +121,7 @@ impl Agent {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|source| AgentError::Bind { addr, source })?,
+                    .map_err(|reason| AgentError::Bind { addr, reason })?,
             ),
             None => None,
         };
@@ -306,7 +306,7 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
     let mut new = match AgentConfig::load(path, &config::ProcessEnv) {
         Ok(new) => new,
         Err(e) => {
-            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+            tracing::error!(error = %e.one_line(), "configuration reload refused; the running configuration stays");
             return;
         }
     };
@@ -358,14 +358,8 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
         "configuration reloaded; sessions renewing");
 }
 
-/// An error and its sources, joined by `: `.
+/// An error and its sources, joined by `: `, each text once
+/// ([`tether_wire::error_chain`]).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    tether_wire::error_chain(e)
 }

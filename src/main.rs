@@ -84,6 +84,11 @@ fn main() -> ExitCode {
                     c.secrets.len(),
                     c.relay.url
                 );
+                // Local files the agent reads: checked offline too.
+                if let Err(e) = check_token_file(&c) {
+                    println!("{e}");
+                    return ExitCode::FAILURE;
+                }
                 if offline {
                     return ExitCode::SUCCESS;
                 }
@@ -96,7 +101,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("tether-agent: {e}");
+                print_config_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -105,7 +110,7 @@ fn main() -> ExitCode {
             let config = match AgentConfig::load(&path, &ProcessEnv) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("tether-agent: {e}");
+                    print_config_error(&e);
                     return ExitCode::from(2);
                 }
             };
@@ -118,6 +123,44 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config, path))
         }
+    }
+}
+
+/// Every problem of the file on a line of its own (`file:line:column:
+/// message`, as compilers print them), then how many.
+fn print_config_error(e: &tether_agent::config::ConfigError) {
+    use tether_agent::config::ConfigError;
+    match e {
+        ConfigError::Invalid { path, problems } => {
+            eprintln!("{e}");
+            if problems.len() > 1 {
+                eprintln!(
+                    "tether-agent: {} problems in {}",
+                    problems.len(),
+                    path.display()
+                );
+            }
+        }
+        ConfigError::Read { .. } => eprintln!("tether-agent: {e}"),
+    }
+}
+
+/// `relay.token_file` must be readable and hold a token: without it the
+/// agent starts but never connects (it keeps retrying).
+fn check_token_file(config: &AgentConfig) -> Result<(), String> {
+    let tether_agent::config::TokenSource::File(path) = &config.relay.token else {
+        return Ok(());
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(format!(
+            "relay token_file {}: error: the file is empty",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "relay token_file {}: error: {e} (the agent cannot connect without it)",
+            path.display()
+        )),
     }
 }
 
@@ -199,7 +242,12 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
                 match request {
                     Ok(request) => tokio::time::timeout(route.timeout, client.request(request))
                         .await
-                        .map_err(|_| format!("no answer within {:?}", route.timeout))
+                        .map_err(|_| {
+                            format!(
+                                "no answer within {}",
+                                humantime::format_duration(route.timeout)
+                            )
+                        })
                         .and_then(|r| r.map_err(|e| tether_agent::error_chain(&e))),
                     Err(e) => Err(e),
                 }

@@ -40,9 +40,12 @@ fn check_accepts_the_example_and_names_file_and_line_of_an_error() {
     // Offline: the example names real-looking hosts (vault.internal, AWS)
     // that a test must never try to reach.
     let example = support::repo_file("config/agent.example.toml");
+    // The example's token_file (/etc/tether/token) is not on the test
+    // machine: the token comes from the environment instead.
     let out = agent_command()
         .args(["check", "--offline", "--config"])
         .arg(&example)
+        .env("TETHER_TOKEN", "tta_example")
         .output()
         .unwrap();
     assert!(

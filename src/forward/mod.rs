@@ -4,7 +4,9 @@
 //!
 //! - `allow` entries: exact hosts, host globs (`*.api.corp.internal`, one
 //!   or more labels), IP addresses and CIDRs, each with an optional
-//!   `:port`. A bare `*` is refused at validation as too broad.
+//!   `:port`. A bare `*`, and a glob over a public suffix (`*.com`,
+//!   `*.co.uk`, `*.github.io`: see `glob`), are refused at validation as
+//!   too broad.
 //! - `deny` entries (same forms) win over `allow`; an exact name in `deny`
 //!   also denies every address it resolves to (re-resolved by
 //!   [`Guard`]), so the IP literal or another name for it is refused too.
@@ -28,8 +30,10 @@
 //!
 //! # Layout
 //! - [`ip`]: address spellings and special ranges.
+//! - `glob`: which domains a glob may cover (the public suffix list).
 //! - `guard`: the agent's own addresses, watched names, DNS.
 
+mod glob;
 mod guard;
 pub mod ip;
 #[cfg(test)]
@@ -83,11 +87,12 @@ impl Entry {
         let pattern = if let Some(ip) = literal_ip(&host) {
             HostPattern::Net(single(ip))
         } else if let Some(suffix) = host.strip_prefix("*.") {
-            if suffix.is_empty() || suffix.contains('*') || !suffix.contains('.') {
+            if suffix.is_empty() || suffix.contains('*') || !valid_hostname(suffix) {
                 return Err(format!(
-                    "{text:?}: a glob needs a domain of at least two labels after `*.`"
+                    "{text:?}: a glob is `*.` and a domain (`*.corp.internal`)"
                 ));
             }
+            glob::narrow_enough(suffix).map_err(|m| format!("{text:?}: {m}"))?;
             HostPattern::Glob(suffix.to_owned())
         } else if host.contains('*') {
             return Err(format!(

@@ -9,6 +9,7 @@ use aws_config::BehaviorVersion;
 use aws_config::sts::AssumeRoleProvider;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::SharedCredentialsProvider;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 
 use super::config::AwsSettings;
@@ -17,6 +18,9 @@ use crate::secret::SecretString;
 
 pub(super) struct AwsStore {
     client: Client,
+    /// Where requests go, for errors: the configured endpoint, or the
+    /// region's.
+    place: String,
 }
 
 impl AwsStore {
@@ -34,6 +38,11 @@ impl AwsStore {
             loader = loader.endpoint_url(endpoint.clone());
         }
         let mut config = loader.load().await;
+        let place = match (&settings.endpoint, config.region()) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, Some(region)) => format!("region {region}"),
+            (None, None) => "no region".to_owned(),
+        };
         if let Some(role) = &settings.role_arn {
             let provider = AssumeRoleProvider::builder(role.clone())
                 .session_name("tether-agent")
@@ -47,6 +56,7 @@ impl AwsStore {
         }
         Self {
             client: Client::new(&config),
+            place,
         }
     }
 
@@ -65,10 +75,10 @@ impl AwsStore {
             .send()
             .await
             .map_err(|e| {
-                use aws_sdk_secretsmanager::error::DisplayErrorContext;
                 FetchError(format!(
-                    "aws secretsmanager {id}: {}",
-                    DisplayErrorContext(&e)
+                    "AWS Secrets Manager at {}, secret {id}: {}",
+                    self.place,
+                    describe(&e)
                 ))
             })?;
         let Some(text) = output.secret_string() else {
@@ -84,4 +94,48 @@ impl AwsStore {
             }
         }
     }
+}
+
+/// What went wrong, on one line: the SDK's service error code and message,
+/// or the kind of failure and its innermost cause (`Connection refused`),
+/// never the SDK's debug dump.
+fn describe<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = match e {
+        SdkError::ServiceError(service) => {
+            let meta = service.err().meta();
+            return one_line(&format!(
+                "{}: {}",
+                meta.code().unwrap_or("service error"),
+                meta.message().unwrap_or("no message")
+            ));
+        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => "timed out",
+        SdkError::DispatchFailure(failure) if failure.is_io() => "cannot connect",
+        SdkError::DispatchFailure(_) => "request failed",
+        SdkError::TimeoutError(_) => "timed out",
+        SdkError::ResponseError(_) => "unreadable response",
+        SdkError::ConstructionFailure(_) => "request not sent",
+        _ => "error",
+    };
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    one_line(&format!("{detail}: {innermost}"))
+}
+
+/// Whitespace collapsed and at most 200 characters: a store's message is
+/// for one line of `check` or the log.
+fn one_line(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = out.char_indices().nth(MAX) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }

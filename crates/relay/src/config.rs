@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tether_wire::config_location::{Lines, Problem};
 
 /// Top-level relay configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -259,42 +260,33 @@ fn default_lease() -> Duration {
 /// A configuration file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read. The reason is part of the message and
+    /// not exposed as `source()`, so that printing the chain does not say
+    /// it twice.
+    #[error("{path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    /// The file is not valid TOML or has an unknown or ill-typed key.
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// The values parse but do not make sense together.
-    #[error("{path}: {message}")]
+    /// The first TOML syntax, unknown-key or type error, or every value
+    /// that parses but does not make sense, each at its key.
+    #[error("{}", Lines(path, problems))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// What is wrong where (never empty), in file order.
+        problems: Vec<Problem>,
     },
 }
 
 impl RelayConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let source = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         Self::parse_with(path, &source, |name| std::env::var(name).ok())
     }
@@ -313,16 +305,13 @@ impl RelayConfig {
         source: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
         let mut config: Self = toml::from_str(source).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| {
-                tether_wire::config_location::line_col(source, s.start)
-            });
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
+            let offset = e.span().map_or(0, |s| s.start);
+            invalid(vec![Problem::at(source, offset, e.message())])
         })?;
         if let Some(url) = env("TETHER_RELAY_STORE_URL").filter(|u| !u.trim().is_empty()) {
             config.store.url = url.trim().to_owned();
@@ -333,78 +322,130 @@ impl RelayConfig {
         ) {
             cluster.advertise = Some(url.trim().to_owned());
         }
-        config.validate(path, source)?;
-        Ok(config)
+        let mut problems: Vec<Problem> = config
+            .problems()
+            .into_iter()
+            .map(|(key, message)| Problem::at(source, offset_of(source, key), message))
+            .collect();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(invalid(problems))
     }
 
-    fn validate(&self, path: &Path, source: &str) -> Result<(), ConfigError> {
-        let invalid = |message: &str| ConfigError::Invalid {
-            path: path.to_owned(),
-            message: message.to_owned(),
+    /// Every value that parses but does not make sense, with the key
+    /// (`[table, key]`) it is reported at.
+    fn problems(&self) -> Vec<(&'static [&'static str], &'static str)> {
+        let mut found = Vec::new();
+        let mut problem = |key: &'static [&'static str], message: &'static str| {
+            found.push((key, message));
         };
         if let Some(cluster) = &self.cluster {
-            let at = |message: &str| {
-                let line = source
-                    .lines()
-                    .position(|l| l.trim() == "[cluster]")
-                    .map_or(1, |i| i + 1);
-                ConfigError::Invalid {
-                    path: PathBuf::from(format!("{}:{line}", path.display())),
-                    message: message.to_owned(),
-                }
-            };
             if crate::store::Backend::of(&self.store.url) != Some(crate::store::Backend::Postgres) {
-                return Err(at(
+                problem(
+                    &["cluster"],
                     "[cluster] needs a Postgres store ([store] url = \"postgres://…\"): replicas share presence and credentials through it; SQLite is for one relay process",
-                ));
+                );
             }
             // It travels in a header (Tether-Replica) and names the pod.
             if cluster.replica_id.is_empty()
                 || cluster.replica_id.len() > 253
                 || !cluster.replica_id.bytes().all(|b| b.is_ascii_graphic())
             {
-                return Err(at(
+                problem(
+                    &["cluster", "replica_id"],
                     "[cluster] replica_id must be 1 to 253 visible ASCII characters (default: the hostname)",
-                ));
+                );
             }
             if cluster.advertise.is_none() && cluster.peer_listen.ip().is_unspecified() {
-                return Err(at(
+                problem(
+                    &["cluster", "peer_listen"],
                     "[cluster] advertise is required when peer_listen is a wildcard address",
-                ));
-            }
-            if crate::cluster::peer_authority(&cluster.advertised()).is_none() {
-                return Err(at("[cluster] advertise: expected http://host:port"));
+                );
+            } else if crate::cluster::peer_authority(&cluster.advertised()).is_none() {
+                problem(
+                    &["cluster", "advertise"],
+                    "[cluster] advertise: expected http://host:port",
+                );
             }
             if cluster.lease < Duration::from_secs(3) {
-                return Err(at("[cluster] lease must be at least 3s"));
+                problem(&["cluster", "lease"], "[cluster] lease must be at least 3s");
             }
         }
         if crate::store::Backend::of(&self.store.url).is_none() {
-            return Err(invalid(
+            problem(
+                &["store", "url"],
                 "[store] url: expected sqlite://PATH or postgres://…",
-            ));
+            );
         }
-        if self.agents.ping_interval.is_zero() || self.agents.ping_timeout.is_zero() {
-            return Err(invalid(
-                "[agents] ping_interval and ping_timeout must be above zero",
-            ));
+        if self.agents.ping_interval.is_zero() {
+            problem(
+                &["agents", "ping_interval"],
+                "[agents] ping_interval must be above zero",
+            );
+        }
+        if self.agents.ping_timeout.is_zero() {
+            problem(
+                &["agents", "ping_timeout"],
+                "[agents] ping_timeout must be above zero",
+            );
         }
         if self.agents.max_streams == 0 {
-            return Err(invalid("[agents] max_streams must be above zero"));
+            problem(
+                &["agents", "max_streams"],
+                "[agents] max_streams must be above zero",
+            );
         }
-        if self.limits.caller_rate == Some(0) || self.limits.caller_burst == Some(0) {
-            return Err(invalid(
-                "[limits] caller_rate and caller_burst must be above zero (leave caller_rate unset for no limit)",
-            ));
+        if self.limits.caller_rate == Some(0) {
+            problem(
+                &["limits", "caller_rate"],
+                "[limits] caller_rate must be above zero (leave it unset for no limit)",
+            );
+        }
+        if self.limits.caller_burst == Some(0) {
+            problem(
+                &["limits", "caller_burst"],
+                "[limits] caller_burst must be above zero",
+            );
         }
         if self.limits.caller_burst.is_some() && self.limits.caller_rate.is_none() {
-            return Err(invalid("[limits] caller_burst needs caller_rate"));
+            problem(
+                &["limits", "caller_burst"],
+                "[limits] caller_burst needs caller_rate",
+            );
         }
         if self.limits.max_header_bytes < 8 * 1024 {
-            return Err(invalid("[limits] max_header_bytes must be at least 8192"));
+            problem(
+                &["limits", "max_header_bytes"],
+                "[limits] max_header_bytes must be at least 8192",
+            );
         }
-        Ok(())
+        found
     }
+}
+
+/// Byte offset of `key` (`[table, key]`) in `source`: the deepest part
+/// written in the file (a key set by the environment or a default is
+/// reported at its table, or at the start of the file).
+fn offset_of(source: &str, key: &[&str]) -> usize {
+    use toml::de::{DeTable, DeValue};
+    let Ok(root) = DeTable::parse(source) else {
+        return 0;
+    };
+    let mut offset = 0;
+    let mut table = root.get_ref();
+    for part in key {
+        let Some((name, value)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part) else {
+            break;
+        };
+        offset = name.span().start;
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    offset
 }
 
 #[cfg(test)]
@@ -444,7 +485,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("r.toml:4: [cluster] needs a Postgres store"),
+            err.starts_with("r.toml:4:2: [cluster] needs a Postgres store"),
             "{err}"
         );
         let env = |name: &str| {

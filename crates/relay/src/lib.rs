@@ -68,12 +68,12 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {reason}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also the error's `source()`).
+        reason: std::io::Error,
     },
     /// The admin key file could not be read.
     #[error("admin key: {0}")]
@@ -301,7 +301,7 @@ impl Relay {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| RelayError::Bind { addr, source })
+        .map_err(|reason| RelayError::Bind { addr, reason })
 }
 
 pub(crate) fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RelayError> {

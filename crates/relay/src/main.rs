@@ -155,7 +155,18 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-relay: {e:#}");
+            // Each text of the chain once (a source whose text its
+            // wrapper already printed is not repeated).
+            match e.downcast_ref::<tether_relay::config::ConfigError>() {
+                // `file:line:column: message` lines, as compilers print them.
+                Some(invalid @ tether_relay::config::ConfigError::Invalid { .. }) => {
+                    eprintln!("{invalid}");
+                }
+                _ => {
+                    let chain: &(dyn std::error::Error + 'static) = e.as_ref();
+                    eprintln!("tether-relay: {}", tether_wire::error_chain(chain));
+                }
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -227,3 +227,32 @@ fn check_names_every_problem_serve_would_meet() {
         assert!(!stderr.contains("pool timed out"), "{command}: {stderr}");
     }
 }
+
+/// Every independent problem of the file at once, each at its key's
+/// line and column; the process exits non-zero.
+#[test]
+fn check_reports_every_problem_of_the_file_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{}\"\n\n[agents]\nmax_streams = 0\n\n[limits]\nmax_header_bytes = 10\n\n\
+             [cluster]\npeer_listen = \"127.0.0.1:9470\"\npeer_key_file = \"/k\"\n  lease = \"1s\"\n",
+            dir.path().join("r.db").display()
+        ),
+    )
+    .unwrap();
+    let out = relay(dir.path(), &["check", "--offline"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let path = config.display();
+    for line in [
+        format!("{path}:5:1: [agents] max_streams must be above zero"),
+        format!("{path}:8:1: [limits] max_header_bytes must be at least 8192"),
+        format!("{path}:10:2: [cluster] needs a Postgres store"),
+        format!("{path}:13:3: [cluster] lease must be at least 3s"),
+    ] {
+        assert!(err.contains(&line), "{line:?} not in {err}");
+    }
+}

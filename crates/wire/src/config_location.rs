@@ -1,4 +1,53 @@
-//! Turning byte offsets in a config file into `line:column` for errors.
+//! Turning byte offsets in a config file into `line:column` for errors,
+//! and the problems both binaries report at such places.
+
+use std::path::Path;
+
+/// One problem at a place in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Problem {
+    /// `message` at byte `offset` of `source`.
+    pub fn at(source: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_col(source, offset);
+        Self {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// `file:line:column: message`, one problem a line (what compilers print,
+/// so editors can jump to each).
+pub struct Lines<'a>(pub &'a Path, pub &'a [Problem]);
+
+impl std::fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.1.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.0.display(),
+                p.line,
+                p.column,
+                p.message
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// 1-based line and column of byte `offset` in `source`.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {

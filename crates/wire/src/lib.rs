@@ -64,3 +64,53 @@ pub fn empty_body() -> BoxBody {
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// An error and its sources, joined by `: `, for operators: a source
+/// whose text the message already ends with is not repeated (an
+/// `io::Error` both formatted into its wrapper's message and returned
+/// as its `source()` would otherwise read `No such file or directory (os
+/// error 2): No such file or directory (os error 2)`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("config.toml: {source}")]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect")]
+    struct Wraps {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_text_once() {
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = missing().to_string();
+        assert_eq!(
+            error_chain(&Repeats { source: missing() }),
+            format!("config.toml: {text}")
+        );
+        assert_eq!(
+            error_chain(&Wraps { source: missing() }),
+            format!("cannot connect: {text}")
+        );
+    }
+}
