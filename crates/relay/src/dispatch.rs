@@ -21,8 +21,8 @@ use tether_wire::protocol::{self, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode};
 
 use crate::State;
+use crate::call::Call;
 use crate::cluster::{Cluster, PeerError, PeerOutcome};
-use crate::ingress::Call;
 use crate::registry::SelectError;
 use crate::replay::{Loss, Replay};
 use crate::request_body::{BodyFault, BodyWatch};

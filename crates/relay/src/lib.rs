@@ -25,7 +25,9 @@
 //! until the shutdown token is cancelled, then drains.
 
 mod admin;
+mod admission;
 pub mod auth;
+mod call;
 mod cluster;
 pub mod config;
 pub mod credential;
@@ -39,6 +41,7 @@ pub mod registry;
 mod replay;
 mod request_body;
 mod session;
+mod splice;
 pub mod store;
 pub mod version;
 mod watcher;
@@ -354,7 +357,7 @@ async fn handle_public(
     match (req.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),
-        _ => ingress::Call::new().fail(ErrorCode::NoSuchRoute, "no such endpoint"),
+        _ => call::Call::new().fail(ErrorCode::NoSuchRoute, "no such endpoint"),
     }
 }
 
@@ -396,7 +399,7 @@ async fn handle_admin(
 pub(crate) fn bad_target<B>(req: &Request<B>) -> Option<Response<BoxBody>> {
     let target = req.uri().path_and_query()?;
     let e = tether_wire::target::check_path_and_query(target.as_str()).err()?;
-    Some(ingress::Call::new().fail(ErrorCode::BadRequest, &e.to_string()))
+    Some(call::Call::new().fail(ErrorCode::BadRequest, &e.to_string()))
 }
 
 fn readiness(state: &State) -> Response<BoxBody> {

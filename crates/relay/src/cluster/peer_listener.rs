@@ -14,9 +14,10 @@ use tether_wire::{BoxBody, ErrorCode, Problem};
 use super::header;
 use super::peer_outcome::{OwnAnswer, strip_peer_fields};
 use crate::State;
+use crate::call::Call;
 use crate::dispatch::{Destination, Dispatched};
-use crate::ingress::Call;
 use crate::request_body::BodyWatch;
+use crate::splice::PendingTunnel;
 
 /// `SETTINGS_MAX_HEADER_LIST_SIZE` between replicas, both ways: a relayed
 /// head ([`protocol::MAX_HEADER_LIST_SIZE`]) plus the fields replicas add
@@ -73,6 +74,8 @@ pub(crate) async fn handle_peer(
         .unwrap_or_default();
     let route = text(header::ROUTE);
     strip_peer_fields(req.headers_mut());
+    // A CONNECT's far side is joined here, as on the first replica.
+    let tunnel = (req.method() == http::Method::CONNECT).then(|| PendingTunnel::of(&mut req));
     let (parts, body) = req.into_parts();
     let request = Request::from_parts(parts, FilteredTrailers::new(body).boxed());
     let to = Destination {
@@ -84,7 +87,10 @@ pub(crate) async fn handle_peer(
         .dispatch_local(&state, &to, request, &BodyWatch::default())
         .await
     {
-        Dispatched::Reached(response) => response,
+        Dispatched::Reached(response) => match tunnel {
+            Some(tunnel) => tunnel.answer(&call, response),
+            None => response,
+        },
         Dispatched::NoAgentHere(response) => OwnAnswer::NoAgentHere.mark(response),
     }
 }
