@@ -8,7 +8,9 @@
 //! - [`secret`]: a string type that never prints.
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
-//! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`dispatch`]: what happens to each request the relay sends: control
+//!   requests, routes, forward mode, CONNECT, the upstream call.
+//! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
 //! - [`audit`]: one JSON line per request the cloud sent; no request
@@ -32,6 +34,7 @@ pub mod dispatch;
 pub mod egress;
 pub mod forward;
 pub mod hygiene;
+mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
