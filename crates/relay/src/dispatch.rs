@@ -361,17 +361,20 @@ fn head_size(request: &Request<BoxBody>) -> usize {
 
 /// Waits (bounded) until a matching session not in `tried` is registered.
 async fn wait_for_session(state: &State, to: &Destination<'_>, tried: &[u64]) {
-    let deadline = tokio::time::Instant::now() + REPLACEMENT_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if state
-            .registry
-            .select(to.account, to.selector, to.route, tried, usize::MAX)
-            .is_ok()
-        {
-            return;
+    // Subscribed before the check: a session arriving in between is seen.
+    let mut arrivals = state.registry.arrivals();
+    let arrived = async {
+        loop {
+            let found = state
+                .registry
+                .select(to.account, to.selector, to.route, tried, usize::MAX)
+                .is_ok();
+            if found || arrivals.changed().await.is_err() {
+                return;
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    };
+    let _ = tokio::time::timeout(REPLACEMENT_WAIT, arrived).await;
 }
 
 /// A response body that keeps its request counted as in flight until the

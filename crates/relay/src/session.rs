@@ -294,10 +294,7 @@ fn plain_info(info: &AgentInfo) -> bool {
 
 /// Waits (bounded) for requests in flight on `session` to finish.
 async fn drain(session: &AgentSession, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while session.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _ = tokio::time::timeout(limit, session.idle()).await;
 }
 
 /// Asks the agent who it is and which routes it serves.
