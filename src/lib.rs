@@ -20,6 +20,9 @@
 //!   previous token.
 //! - [`forward`]: forward mode's lists and SSRF guard.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
+//! - [`egress`]: the agent's own way out to the relay: `HTTPS_PROXY`,
+//!   `NO_PROXY`, `[relay] proxy` and its CONNECT.
+//! - [`cidr`]: IP networks, for `NO_PROXY` and forward mode's lists.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! [`Agent::start`] validates and binds; [`Agent::run`] serves until the
@@ -29,6 +32,7 @@ mod admin;
 pub mod audit;
 pub mod backoff;
 pub mod body;
+pub mod cidr;
 pub mod config;
 pub mod dispatch;
 pub mod egress;

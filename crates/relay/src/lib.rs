@@ -9,15 +9,28 @@
 //! - [`credential`]: token and key format, generation, constant-time check.
 //! - [`store`]: accounts, tokens and keys (hashes only) in SQLite.
 //! - [`auth`]: verifying presented credentials, with a short cache.
+//! - `admission`: the one check from a presented credential to an identity
+//!   (every listener): store, failed-auth limiter, `[limits] caller_rate`.
 //! - [`registry`]: connected agent sessions and the choice of one.
 //! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
-//! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/secrets/resolve`.
+//! - `call`: one caller request's id, answers and stamped fields.
+//! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/forward/…`,
+//!   `/v1/secrets/resolve`; `relay`, the one path to an agent.
+//! - `proxy`: the forward-proxy listener (`[listen] proxy`): absolute form
+//!   and CONNECT, through `ingress`.
+//! - `splice`: a CONNECT tunnel joined to the agent's CONNECT stream.
 //! - `dispatch`: sends a request to an agent, locally or through a peer,
 //!   and keeps `Tether-*` fields an agent relays from passing for ours.
 //! - `replay`: whether a request that got no response may go again.
 //! - `request_body`: the caller's body, capped, its failure kept.
-//! - `cluster`: presence of replicas and peer forwarding (cluster mode).
-//! - [`limiter`]: failed authentications per source address.
+//! - `cluster`: presence of replicas, the peer listener and peer
+//!   forwarding (cluster mode).
+//! - [`limiter`]: failed authentications per source address, and
+//!   `[limits] caller_rate` per API key.
+//! - [`metrics`]: the Prometheus metrics on the admin listener.
+//! - [`preflight`]: `tether-relay check`: the configuration and what it
+//!   points at, before serving.
+//! - [`version`]: `[agents] min_version` and agents' reported versions.
 //! - `watcher`: applies credential changes (revocation, rotation) to live
 //!   sessions and caches, from the store, within a second.
 //!
