@@ -1,5 +1,6 @@
-//! One caller request's context: its id, the relay's own answers to it,
-//! and the fields the relay stamps on what it sends and returns.
+//! One caller request's context: its id, whom it is for, the relay's own
+//! answers to it, and the fields the relay stamps on what it sends and
+//! returns.
 
 use http::{HeaderMap, HeaderValue, Response};
 use tether_wire::protocol::header as th;
@@ -7,6 +8,15 @@ use tether_wire::{BoxBody, ErrorCode, Problem};
 
 use crate::admission::{Entrance, Refusal};
 use crate::auth::Identity;
+
+/// Whom a request is for: an agent of `account` having every tag of
+/// `selector` and serving `route` (`None`: a control request, any agent).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Destination<'a> {
+    pub(crate) account: &'a str,
+    pub(crate) selector: &'a [String],
+    pub(crate) route: Option<&'a str>,
+}
 
 /// One caller request's id, and its problem answers.
 pub(crate) struct Call {

@@ -21,7 +21,7 @@ use tether_wire::protocol::{self, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode};
 
 use crate::State;
-use crate::call::Call;
+use crate::call::{Call, Destination};
 use crate::cluster::{Cluster, PeerError, PeerOutcome};
 use crate::registry::SelectError;
 use crate::replay::{Loss, Replay};
@@ -32,15 +32,6 @@ const MAX_ATTEMPTS: usize = 3;
 
 /// How long a request whose sessions were all closing waits for another.
 const REPLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Whom a request is for: an agent of `account` having every tag of
-/// `selector` and serving `route` (`None`: a control request, any agent).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Destination<'a> {
-    pub(crate) account: &'a str,
-    pub(crate) selector: &'a [String],
-    pub(crate) route: Option<&'a str>,
-}
 
 /// What became of a request this relay tried to place on its sessions.
 pub(crate) enum Dispatched {

@@ -21,8 +21,7 @@ use tether_wire::{BoxBody, ErrorCode};
 use crate::State;
 use crate::admission::{self, Entrance};
 use crate::auth::Identity;
-use crate::call::Call;
-use crate::dispatch::Destination;
+use crate::call::{Call, Destination};
 use crate::request_body::{BodyWatch, CallerBody};
 use crate::splice::PendingTunnel;
 

@@ -23,8 +23,9 @@
 //!   and keeps `Tether-*` fields an agent relays from passing for ours.
 //! - `replay`: whether a request that got no response may go again.
 //! - `request_body`: the caller's body, capped, its failure kept.
-//! - `cluster`: presence of replicas, the peer listener and peer
-//!   forwarding (cluster mode).
+//! - `cluster`: presence of replicas and peer forwarding (cluster mode).
+//! - `peer_listener`: `[cluster] peer_listen`: requests a peer replica
+//!   forwards here, relayed through a session of this one.
 //! - [`limiter`]: failed authentications per source address, and
 //!   `[limits] caller_rate` per API key.
 //! - [`metrics`]: the Prometheus metrics on the admin listener.
@@ -48,6 +49,7 @@ mod dispatch;
 mod ingress;
 pub mod limiter;
 pub mod metrics;
+mod peer_listener;
 pub mod preflight;
 mod proxy;
 pub mod registry;
@@ -286,7 +288,7 @@ impl Relay {
                     None,
                     peer_options,
                     serve::handler(move |req, remote| {
-                        cluster::handle_peer(peer_state.clone(), req, remote)
+                        peer_listener::handle_peer(peer_state.clone(), req, remote)
                     }),
                     state.shutdown.clone(),
                     state.tracker.clone(),

@@ -8,7 +8,7 @@
 //! the answer differs: on the agent's 200, bytes are copied both ways until
 //! either side closes; anything else is passed on as the refusal it is.
 //!
-//! [`Call::dispatch`]: crate::call::Call
+//! [`Call::dispatch`]: crate::call::Call::dispatch
 
 use http::{Request, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
