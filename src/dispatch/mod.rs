@@ -6,10 +6,10 @@
 //! - `forward`: forward mode: `[forward]` lists → SSRF guard.
 //! - `connect`: CONNECT tunnels to forward targets.
 //! - `call`: the upstream call routes and forward mode share: header
-//!   hygiene → injection ([`crate::inject`]) → upstream call with a
+//!   hygiene → injection (`inject`) → upstream call with a
 //!   deadline on the response head → response streamed back.
 //!
-//! Every request the relay sends leaves one audit line ([`Audit`]).
+//! Every request the relay sends leaves one audit line (`Audit`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
