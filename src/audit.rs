@@ -27,8 +27,9 @@ use serde::Serialize;
 use tether_wire::protocol::{self, header as th};
 use tether_wire::{ErrorCode, Problem};
 
-use crate::metrics::Metrics;
-pub use writer::{AuditStats, Unavailable};
+pub use crate::metrics::AuditStats;
+use crate::metrics::{Finished, Metrics};
+pub use writer::Unavailable;
 
 /// Lines waiting to be written beyond which new requests wait for room
 /// (and, `required`, are refused after a bounded wait).
@@ -116,7 +117,7 @@ impl AuditLog {
 
     /// Writes one record.
     pub fn record(&self, record: &AuditRecord) {
-        self.metrics.observe(record);
+        self.metrics.observe(&record.finished());
         match &self.writer {
             None => tracing::info!(
                 target: "tether::audit",
@@ -213,6 +214,18 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// What the request metrics count of this record.
+    fn finished(&self) -> Finished<'_> {
+        Finished {
+            route: &self.route,
+            status: self.status,
+            denied: self.decision == "denied",
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: self.duration_ms,
+        }
+    }
+
     /// A record for a request that arrived now.
     pub fn begin(request_id: &str, caller_key_id: &str, method: &str) -> Self {
         Self {

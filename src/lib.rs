@@ -8,7 +8,9 @@
 //! - [`secret`]: a string type that never prints.
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
 //! - [`upstream`]: pooled HTTP(S) clients to internal services.
-//! - [`dispatch`]: what happens to each request the relay sends.
+//! - [`dispatch`]: what happens to each request the relay sends: control
+//!   requests, routes, forward mode, CONNECT, the upstream call.
+//! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`identity`]: end-user tokens verified against the issuer's keys.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
@@ -19,6 +21,9 @@
 //!   previous token.
 //! - [`forward`]: forward mode's lists and SSRF guard.
 //! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
+//! - [`egress`]: the agent's own way out to the relay: `HTTPS_PROXY`,
+//!   `NO_PROXY`, `[relay] proxy` and its CONNECT.
+//! - [`cidr`]: IP networks, for `NO_PROXY` and forward mode's lists.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! [`Agent::start`] validates and binds; [`Agent::run`] serves until the
@@ -28,12 +33,14 @@ mod admin;
 pub mod audit;
 pub mod backoff;
 pub mod body;
+pub mod cidr;
 pub mod config;
 pub mod dispatch;
 pub mod egress;
 pub mod forward;
 pub mod hygiene;
 pub mod identity;
+mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, TokenSource};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, SessionSignals};
 use crate::secret::SecretString;
 
 /// A session that lasted this long resets the backoff, so the first
@@ -142,11 +142,9 @@ struct Live {
     drain: CancellationToken,
     done: tokio::task::JoinHandle<String>,
     started: Instant,
-    /// Notified once the relay has asked this session for the agent's info:
-    /// from then on the relay routes requests to it.
-    registered: Arc<tokio::sync::Notify>,
-    /// Notified when the relay says it is shutting down.
-    relay_draining: Arc<tokio::sync::Notify>,
+    /// What the session's control requests said (registered by the relay,
+    /// relay draining).
+    signals: SessionSignals,
 }
 
 /// How long a replacement session may take to be registered by the relay
@@ -196,7 +194,7 @@ impl Slot {
                         self.dispatcher.borrow().audit_log().metrics().reconnected();
                     }
                     loop {
-                        let relay_draining = live.relay_draining.clone();
+                        let relay_draining = live.signals.relay_draining.clone();
                         tokio::select! {
                             why = &mut live.done => {
                                 self.replicas.set(slot, None);
@@ -225,7 +223,7 @@ impl Slot {
                                         let new = self.spawn_session(io);
                                         // Drain the old session only once the relay routes to
                                         // the new one, so no request finds none.
-                                        if tokio::time::timeout(REGISTER_TIMEOUT, new.registered.notified())
+                                        if tokio::time::timeout(REGISTER_TIMEOUT, new.signals.registered.notified())
                                             .await
                                             .is_err()
                                         {
@@ -331,13 +329,11 @@ impl Slot {
         let dispatcher = self.dispatcher.clone();
         let sessions = self.sessions.clone();
         let token = drain.clone();
-        let registered = Arc::new(tokio::sync::Notify::new());
-        let notify = registered.clone();
-        let relay_draining = Arc::new(tokio::sync::Notify::new());
-        let draining = relay_draining.clone();
+        let signals = SessionSignals::default();
+        let session = signals.clone();
         let done = tokio::spawn(async move {
             sessions.0.fetch_add(1, Ordering::Relaxed);
-            let why = serve_session(io, &config, dispatcher, &token, notify, draining).await;
+            let why = serve_session(io, &config, dispatcher, &token, session).await;
             sessions.0.fetch_sub(1, Ordering::Relaxed);
             why
         });
@@ -345,8 +341,7 @@ impl Slot {
             drain,
             done,
             started: Instant::now(),
-            registered,
-            relay_draining,
+            signals,
         }
     }
 }
@@ -393,34 +388,12 @@ async fn serve_session(
     config: &AgentConfig,
     dispatcher: watch::Receiver<Arc<Dispatcher>>,
     drain: &CancellationToken,
-    registered: Arc<tokio::sync::Notify>,
-    relay_draining: Arc<tokio::sync::Notify>,
+    signals: SessionSignals,
 ) -> String {
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let dispatcher = dispatcher.borrow().clone();
-        let control =
-            req.uri().authority().map(|a| a.as_str()) == Some(protocol::CONTROL_AUTHORITY);
-        let info_request = control && req.uri().path() == protocol::CONTROL_INFO_PATH;
-        let draining_notice = control
-            && req.method() == http::Method::POST
-            && req.uri().path() == protocol::CONTROL_DRAINING_PATH;
-        let registered = registered.clone();
-        let relay_draining = relay_draining.clone();
-        async move {
-            if draining_notice {
-                // Answered here: it concerns this session, not the dispatcher.
-                relay_draining.notify_one();
-                let mut response = http::Response::new(tether_wire::empty_body());
-                *response.status_mut() = http::StatusCode::NO_CONTENT;
-                return Ok(response);
-            }
-            let response = dispatcher.handle(req).await;
-            if info_request {
-                // notify_one keeps a permit if nobody waits yet.
-                registered.notify_one();
-            }
-            Ok::<_, std::convert::Infallible>(response)
-        }
+        let signals = signals.clone();
+        async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(req, &signals).await) }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

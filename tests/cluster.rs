@@ -26,12 +26,24 @@ struct Cluster {
 }
 
 async fn cluster(replicas: usize) -> Cluster {
+    cluster_of(replicas, false).await
+}
+
+/// [`cluster`], each replica with a forward-proxy listener if `proxy`.
+async fn cluster_of(replicas: usize, proxy: bool) -> Cluster {
     let pg = Postgres::start().await;
     let dir = tempfile::tempdir().unwrap();
     let peer_key = dir.path().join("peer.key");
     std::fs::write(&peer_key, "cluster-test-peer-key-0123456789\n").unwrap();
     let relays: Vec<Relay> = (1..=replicas)
-        .map(|i| Relay::start_replica(&pg.url, &format!("relay-{i}"), &peer_key))
+        .map(|i| {
+            let id = format!("relay-{i}");
+            if proxy {
+                Relay::start_replica_with_proxy(&pg.url, &id, &peer_key)
+            } else {
+                Relay::start_replica(&pg.url, &id, &peer_key)
+            }
+        })
         .collect();
     let balancer = Balancer::start(relays.iter().map(|r| r.public).collect());
     let upstream = Upstream::start().await;
@@ -555,4 +567,51 @@ async fn wrong_peer_keys_are_rate_limited_like_bad_tokens_and_the_right_key_is_n
         ask("cluster-test-peer-key-0123456789").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+/// CONNECT goes through the peer like routes do: a replica that does not
+/// hold the forward agent's session relays the tunnel through the one that
+/// does (not 503 `no_agent`), and bytes flow end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_through_a_replica_without_the_agents_session_is_forwarded_to_its_peer() {
+    let c = cluster_of(2, true).await;
+    let port = c.upstream.addr.port();
+    // One session, on relay-1 only.
+    let _fwd = Agent::spawn(
+        &format!(
+            "[relay]\nurl = \"{}\"\ntoken = \"{}\"\nconnections = 1\n\
+             [agent]\nname = \"fwd\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [forward]\nallow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\n",
+            c.relays[0].agent_url(),
+            c.token
+        ),
+        &[],
+    );
+    c.relays[0].wait_sessions(1).await;
+    assert_eq!(c.relays[1].sessions().await, 0);
+    // Until relay-2 knows of the agent (presence): forward mode via the peer.
+    let forwarded = c.relays[1].url(&format!("/v1/forward/http/127.0.0.1:{port}/echo/f"));
+    until(
+        Duration::from_secs(10),
+        "relay-2 forwards to the peer",
+        || async { call("GET", &forwarded, &c.key).await.0 == StatusCode::OK },
+    )
+    .await;
+    let answered = || c.relays[1].metric("tether_relay_peer_forwarded_total{outcome=\"answered\"}");
+    let before = answered().await;
+
+    let proxy = c.relays[1].proxy.unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let (head, tunnel) = raw_http::connect(proxy, &target, &c.key, Duration::from_secs(15)).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("tether-agent"), Some("fwd"));
+    assert!(head.header("tether-request-id").is_some(), "{head:?}");
+    assert_eq!(answered().await, before + 1, "the CONNECT went to the peer");
+    let request =
+        format!("GET /echo/tunnelled HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let echoed =
+        raw_http::exchange_on(tunnel.unwrap(), request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&echoed.body).unwrap();
+    assert_eq!(doc["path"], "/echo/tunnelled");
 }

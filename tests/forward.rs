@@ -393,3 +393,71 @@ async fn proxy_listener_body() {
         "{out}"
     );
 }
+
+netns_test!(
+    connect_through_the_proxy_listener_is_held_to_the_callers_rate,
+    connect_caller_rate_body
+);
+
+/// `[limits] caller_rate` counts a key's CONNECTs like its other requests:
+/// a burst of 40 with `caller_rate = 5` gets 429 `rate_limited` past the
+/// key's budget, and a tunnel the budget admits works end to end.
+async fn connect_caller_rate_body() {
+    let relay = Relay::start_with_proxy("[limits]\ncaller_rate = 5\n");
+    let upstream = Upstream::start().await;
+    let (token, key) = (relay.token("acme"), relay.key("acme"));
+    let port = upstream.addr.port();
+    let _agent = agent_with_forward(
+        &relay,
+        &token,
+        &format!("[forward]\nallow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\n"),
+    );
+    relay.wait_sessions(2).await;
+    let proxy = relay.proxy.unwrap();
+    let target = format!("127.0.0.1:{port}");
+
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..40 {
+        let (head, _tunnel) =
+            raw_http::connect(proxy, &target, &key, Duration::from_secs(10)).await;
+        if head.status == 429 {
+            limited = Some(head.problem_code());
+        }
+        statuses.push(head.status);
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(statuses[0], 200, "the first CONNECT is within the budget");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        admitted < 40,
+        "some of 40 CONNECTs over caller_rate refused: {statuses:?}"
+    );
+    assert_eq!(limited.as_deref(), Some("rate_limited"));
+    assert_eq!(
+        relay.metric("tether_relay_caller_rate_limited_total").await,
+        (40 - admitted) as u64
+    );
+    // A tunnel once the key is within its rate again (bounded wait).
+    let mut answer = None;
+    for _ in 0..100 {
+        let (head, tunnel) = raw_http::connect(proxy, &target, &key, Duration::from_secs(10)).await;
+        if head.status == 200 {
+            answer = Some((head, tunnel));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (head, tunnel) = answer.expect("a CONNECT admitted again within 5 s");
+    assert_eq!(head.header("tether-agent"), Some("fwd"));
+    let request =
+        format!("GET /echo/tunnelled HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let echoed =
+        raw_http::exchange_on(tunnel.unwrap(), request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&echoed.body).unwrap();
+    assert_eq!(doc["path"], "/echo/tunnelled");
+}

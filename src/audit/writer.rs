@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::metrics::AuditStats;
+
 /// Lines held before new ones are dropped (and counted): a memory bound
 /// for the case no admission control prevents (every request in flight
 /// finishing while the file cannot be written).
@@ -94,21 +96,6 @@ struct Queue {
     /// The [`Writer`] is gone: the thread ends once the queue is written
     /// (or at the next failure).
     closed: bool,
-}
-
-/// Counters of the writer, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AuditStats {
-    /// Lines dropped past the memory bound.
-    pub dropped: u64,
-    /// Writes that failed.
-    pub write_errors: u64,
-    /// Requests refused because the trail was unavailable or behind.
-    pub refused: u64,
-    /// Lines waiting to be written.
-    pub queued: u64,
-    /// Whether the last write succeeded.
-    pub available: bool,
 }
 
 /// State shared by the request path and the writer thread.

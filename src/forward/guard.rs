@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{ForwardPolicy, Host, OwnService, Refusal, Surroundings};
-use crate::egress::Cidr;
+use crate::cidr::Cidr;
 
 /// How often watched names are resolved again (the issue asks for at
 /// most 30 s).

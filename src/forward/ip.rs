@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::egress::Cidr;
+use crate::cidr::Cidr;
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as IPv4: on a dual-stack host it
 /// is the same socket address.

@@ -45,7 +45,7 @@ use std::net::{IpAddr, SocketAddr};
 pub use guard::{Guard, NAME_REFRESH, own_services};
 pub use ip::literal_ip;
 
-use crate::egress::Cidr;
+use crate::cidr::Cidr;
 use ip::{canonical, is_local, parse_cidr, single, special_range, spellings};
 
 /// One `allow` or `deny` entry.

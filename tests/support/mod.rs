@@ -128,8 +128,21 @@ impl Relay {
     /// `store_url`, sharing the peer key in `peer_key_file` (also its admin
     /// API key).
     pub fn start_replica(store_url: &str, replica_id: &str, peer_key_file: &Path) -> Self {
+        Self::replica(store_url, replica_id, peer_key_file, false)
+    }
+
+    /// [`Relay::start_replica`] with a forward-proxy listener too.
+    pub fn start_replica_with_proxy(
+        store_url: &str,
+        replica_id: &str,
+        peer_key_file: &Path,
+    ) -> Self {
+        Self::replica(store_url, replica_id, peer_key_file, true)
+    }
+
+    fn replica(store_url: &str, replica_id: &str, peer_key_file: &Path, proxy: bool) -> Self {
         let peer = free_port();
-        Self::start_on(
+        Self::start_full(
             &format!(
                 "[agents]\nping_interval = \"1s\"\nping_timeout = \"2s\"\n\
                  [cluster]\nreplica_id = \"{replica_id}\"\npeer_listen = \"127.0.0.1:{peer}\"\n\
@@ -138,6 +151,7 @@ impl Relay {
                 key = peer_key_file.display()
             ),
             Some(store_url),
+            proxy,
         )
     }
 

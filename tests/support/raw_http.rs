@@ -1,5 +1,6 @@
 //! A raw HTTP/1.1 exchange over TCP, for requests no HTTP library sends:
-//! malformed chunked bodies, raw non-ASCII bytes in the target, trailers.
+//! malformed chunked bodies, raw non-ASCII bytes in the target, trailers;
+//! and CONNECT tunnels through the proxy listener.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,6 +58,89 @@ pub async fn exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> RawR
     .unwrap_or_else(|_| panic!("no whole response within {limit:?}"))
 }
 
+/// Sends `request` on an open connection (a tunnel) and reads one
+/// response, bounded by `limit`.
+pub async fn exchange_on(mut tcp: TcpStream, request: &[u8], limit: Duration) -> RawResponse {
+    tokio::time::timeout(limit, async {
+        tcp.write_all(request).await.expect("write request");
+        read_response(&mut tcp).await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no whole response within {limit:?}"))
+}
+
+/// `CONNECT target` through the proxy listener at `proxy` with the API
+/// key `key`. The answer's head (and, for a refusal, its body), and on 200
+/// the open tunnel.
+pub async fn connect(
+    proxy: SocketAddr,
+    target: &str,
+    key: &str,
+    limit: Duration,
+) -> (RawResponse, Option<TcpStream>) {
+    tokio::time::timeout(limit, async {
+        let mut tcp = TcpStream::connect(proxy).await.expect("connect");
+        let request = format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {key}\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes())
+            .await
+            .expect("write CONNECT");
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i;
+            }
+            read_more(&mut tcp, &mut buf).await;
+        };
+        let (status, headers) = parse_head(&buf[..head_end]);
+        if status == 200 {
+            assert_eq!(buf.len(), head_end + 4, "nothing after a tunnel's 200 head");
+            let response = RawResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            return (response, Some(tcp));
+        }
+        let mut body = buf[head_end + 4..].to_vec();
+        let len = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        while body.len() < len {
+            read_more(&mut tcp, &mut body).await;
+        }
+        (
+            RawResponse {
+                status,
+                headers,
+                body,
+            },
+            None,
+        )
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no CONNECT answer within {limit:?}"))
+}
+
+/// A status line and header fields (names lower-cased).
+fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
 async fn read_response(tcp: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let head_end = loop {
@@ -65,18 +149,8 @@ async fn read_response(tcp: &mut TcpStream) -> RawResponse {
         }
         read_more(tcp, &mut buf).await;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let (status, headers) = parse_head(&buf[..head_end]);
     let mut rest = buf[head_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
     let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     let body = if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while rest.len() < len {

@@ -7,9 +7,10 @@
 //! `tether_presence` channel (LISTEN/NOTIFY) whenever that set changes, so
 //! the others reload what they know of remote agents at once instead of
 //! polling. A caller request finding no local session that matches goes,
-//! over one HTTP/2 connection per peer, to a replica that has one
-//! ([`handle_peer`]), which relays it through its own session by the same
-//! rules as a local request and never forwards it again: at most one hop.
+//! over one HTTP/2 connection per peer, to a replica that has one (its
+//! peer listener, `crate::peer_listener`), which relays it through its own
+//! session by the same rules as a local request and never forwards it
+//! again: at most one hop.
 //!
 //! A replica that dies stops renewing its lease and its sessions are
 //! ignored when the lease ends (15 s by default), or at once by a replica
@@ -29,18 +30,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tether_wire::BoxBody;
-use tether_wire::protocol::AgentInfo;
+use tether_wire::protocol::{self, AgentInfo};
 
+use crate::call::Destination;
 use crate::config::ClusterConfig;
-use crate::dispatch::Destination;
 use crate::registry::{self, Candidate, SelectError};
 
-mod peer_listener;
 mod peer_outcome;
 mod presence;
 
-pub(crate) use peer_listener::{PEER_HEADER_LIST_SIZE, handle_peer};
-pub(crate) use peer_outcome::PeerOutcome;
+pub(crate) use peer_outcome::{OwnAnswer, PeerOutcome, strip_peer_fields};
 pub(crate) use presence::run;
 
 /// Fields between replicas. On requests: callers' `tether-*` fields are
@@ -63,6 +62,13 @@ pub(crate) mod header {
     /// Prefix of every field between replicas.
     pub(crate) const PREFIX: &str = "tether-peer-";
 }
+
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` between replicas, both ways: a relayed
+/// head ([`protocol::MAX_HEADER_LIST_SIZE`]) plus the fields replicas add
+/// to it (peer key, account, selector and route on requests; `Tether-Agent`
+/// and `Tether-Request-Id` on responses), so that what fits a session
+/// fits a hop too.
+pub(crate) const PEER_HEADER_LIST_SIZE: u32 = protocol::MAX_HEADER_LIST_SIZE + 4 * 1024;
 
 /// How long connecting to a peer may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -320,7 +326,7 @@ impl Cluster {
     }
 
     /// Whether `headers` carry the peer key (constant-time comparison).
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
         let presented = headers
             .get(header::KEY)
             .map(|v| Sha256::digest(v.as_bytes()));

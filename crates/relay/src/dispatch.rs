@@ -21,8 +21,8 @@ use tether_wire::protocol::{self, header as th};
 use tether_wire::{BoxBody, BoxError, ErrorCode};
 
 use crate::State;
+use crate::call::{Call, Destination};
 use crate::cluster::{Cluster, PeerError, PeerOutcome};
-use crate::ingress::Call;
 use crate::registry::SelectError;
 use crate::replay::{Loss, Replay};
 use crate::request_body::{BodyFault, BodyWatch};
@@ -32,15 +32,6 @@ const MAX_ATTEMPTS: usize = 3;
 
 /// How long a request whose sessions were all closing waits for another.
 const REPLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Whom a request is for: an agent of `account` having every tag of
-/// `selector` and serving `route` (`None`: a control request, any agent).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Destination<'a> {
-    pub(crate) account: &'a str,
-    pub(crate) selector: &'a [String],
-    pub(crate) route: Option<&'a str>,
-}
 
 /// What became of a request this relay tried to place on its sessions.
 pub(crate) enum Dispatched {
@@ -361,17 +352,20 @@ fn head_size(request: &Request<BoxBody>) -> usize {
 
 /// Waits (bounded) until a matching session not in `tried` is registered.
 async fn wait_for_session(state: &State, to: &Destination<'_>, tried: &[u64]) {
-    let deadline = tokio::time::Instant::now() + REPLACEMENT_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if state
-            .registry
-            .select(to.account, to.selector, to.route, tried, usize::MAX)
-            .is_ok()
-        {
-            return;
+    // Subscribed before the check: a session arriving in between is seen.
+    let mut arrivals = state.registry.arrivals();
+    let arrived = async {
+        loop {
+            let found = state
+                .registry
+                .select(to.account, to.selector, to.route, tried, usize::MAX)
+                .is_ok();
+            if found || arrivals.changed().await.is_err() {
+                return;
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    };
+    let _ = tokio::time::timeout(REPLACEMENT_WAIT, arrived).await;
 }
 
 /// A response body that keeps its request counted as in flight until the

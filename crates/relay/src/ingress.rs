@@ -1,142 +1,29 @@
 //! The caller API: `ANY /v1/routes/{route}/{path…}` and
 //! `POST /v1/secrets/resolve`.
 //!
-//! Authenticates the caller's API key (`Proxy-Authorization: Bearer`),
-//! picks a connected agent of the key's account, and relays the request over
-//! that agent's HTTP/2 session. Bodies stream both ways; nothing is buffered.
+//! Authenticates the caller's API key (`Proxy-Authorization: Bearer`,
+//! [`crate::admission`]) and relays the request ([`relay`], also the proxy
+//! listener's path) to a connected agent of the key's account, over that
+//! agent's HTTP/2 session or a peer replica's ([`crate::dispatch`]).
+//! Bodies stream both ways; nothing is buffered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::uri::Authority;
+use http::{Request, Response, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tether_wire::headers::{strip_hop_by_hop, strip_tether};
 use tether_wire::protocol::{self, ResolveRequest, header as th};
-use tether_wire::{BoxBody, ErrorCode, Problem};
+use tether_wire::{BoxBody, ErrorCode};
 
 use crate::State;
-use crate::auth::{AuthError, Identity};
-use crate::credential::{self, Kind};
-use crate::dispatch::Destination;
+use crate::admission::{self, Entrance};
+use crate::auth::Identity;
+use crate::call::{Call, Destination};
 use crate::request_body::{BodyWatch, CallerBody};
-
-/// One caller request's id, and its problem answers.
-pub(crate) struct Call {
-    pub(crate) request_id: String,
-}
-
-impl Call {
-    pub(crate) fn new() -> Self {
-        Self::with_id(None)
-    }
-
-    /// A call continuing one that a peer replica started (same id), or a
-    /// new one.
-    pub(crate) fn with_id(request_id: Option<String>) -> Self {
-        Self {
-            request_id: request_id
-                .filter(|id| id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
-                .unwrap_or_else(new_request_id),
-        }
-    }
-
-    /// A problem carrying the request id.
-    fn problem(&self, code: ErrorCode, detail: &str) -> Problem {
-        Problem::new(code, detail).with_request_id(self.request_id.clone())
-    }
-
-    /// The response for `problem`, with the request id header too.
-    pub(crate) fn respond(&self, problem: Problem) -> Response<BoxBody> {
-        // Every answer the relay makes itself is in its log, findable by
-        // the id the caller got.
-        tracing::info!(request_id = %self.request_id, status = problem.code.status().as_u16(),
-            code = %problem.code, detail = %problem.detail, "answered by the relay");
-        let mut response = problem.into_response();
-        self.stamp(response.headers_mut());
-        response
-    }
-
-    /// A problem response carrying the request id (body and header).
-    pub(crate) fn fail(&self, code: ErrorCode, detail: &str) -> Response<BoxBody> {
-        self.respond(self.problem(code, detail))
-    }
-
-    pub(crate) fn stamp(&self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            headers.insert(th::REQUEST_ID, v);
-        }
-    }
-
-    /// Checks the caller's API key: `Proxy-Authorization: Bearer`, or for
-    /// APIs that are not relayed anywhere (`allow_authorization`) also
-    /// `Authorization: Bearer`.
-    async fn authenticate(
-        &self,
-        state: &State,
-        headers: &http::HeaderMap,
-        remote: SocketAddr,
-        allow_authorization: bool,
-    ) -> Result<Identity, Problem> {
-        let bearer = |name: header::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(credential::bearer)
-        };
-        let key = bearer(header::PROXY_AUTHORIZATION).or_else(|| {
-            allow_authorization
-                .then(|| bearer(header::AUTHORIZATION))
-                .flatten()
-        });
-        let Some(key) = key else {
-            state.limiter.failed(remote.ip());
-            return Err(self.problem(
-                ErrorCode::Unauthorized,
-                "API key required in Proxy-Authorization: Bearer",
-            ));
-        };
-        match state.auth.verify(Kind::ApiKey, key).await {
-            Ok(caller)
-                if state
-                    .callers
-                    .as_ref()
-                    .is_some_and(|c| !c.admit(&caller.credential_id)) =>
-            {
-                Err(self.problem(
-                    ErrorCode::RateLimited,
-                    "this API key is over its request rate ([limits] caller_rate)",
-                ))
-            }
-            Ok(caller) => Ok(caller),
-            Err(AuthError::Malformed | AuthError::Invalid) => {
-                tracing::info!(%remote, "caller refused: invalid API key");
-                if state.limiter.failed(remote.ip()) {
-                    Err(self.problem(
-                        ErrorCode::RateLimited,
-                        "too many failed authentications from this address",
-                    ))
-                } else {
-                    Err(self.problem(ErrorCode::Unauthorized, "invalid API key"))
-                }
-            }
-            Err(AuthError::Store(e)) => {
-                tracing::error!(error = %e, "key check failed: store unavailable");
-                Err(self.problem(ErrorCode::Internal, "key store unavailable"))
-            }
-        }
-    }
-
-    /// The headers the relay adds to everything it sends an agent.
-    pub(crate) fn tag(&self, headers: &mut http::HeaderMap, caller: &Identity) {
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            headers.insert(th::REQUEST_ID, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&caller.credential_id) {
-            headers.insert(th::CALLER_KEY_ID, v);
-        }
-    }
-}
+use crate::splice::PendingTunnel;
 
 /// Handles a caller request under `/v1/routes/` (a named route) or
 /// `/v1/forward/` (forward mode: `{scheme}/{host[:port]}/{path…}`, to an
@@ -147,30 +34,86 @@ pub(crate) async fn handle_route(
     remote: SocketAddr,
 ) -> Response<BoxBody> {
     let call = Call::new();
-    let caller = match call
-        .authenticate(&state, req.headers(), remote, false)
-        .await
-    {
+    let caller = match admission::identify(&state, Entrance::Routes, req.headers(), remote).await {
         Ok(caller) => caller,
-        Err(problem) => return call.respond(problem),
+        Err(refused) => return call.refuse(refused, Entrance::Routes),
     };
-    // What the agent needs: a route it serves, or forward mode; and the
-    // stream's authority and path.
     let path = req.uri().path();
-    let (route, authority, forward_path) =
-        if let Some(rest) = path.strip_prefix(protocol::FORWARD_PREFIX) {
-            (
-                protocol::FORWARD_AUTHORITY.to_owned(),
-                protocol::FORWARD_AUTHORITY,
-                Some(format!("/{rest}")),
-            )
-        } else {
-            let Some((route, _)) = protocol::split_route_path(path) else {
-                return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
-            };
-            (route.to_owned(), protocol::TUNNEL_AUTHORITY, None)
+    let ask = if let Some(rest) = path.strip_prefix(protocol::FORWARD_PREFIX) {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("/{rest}?{q}"),
+            None => format!("/{rest}"),
         };
+        Ask::Forward { path_and_query }
+    } else {
+        let Some((route, _)) = protocol::split_route_path(path) else {
+            return call.fail(ErrorCode::NoSuchRoute, "expected /v1/routes/{route}/{path}");
+        };
+        Ask::Route(route.to_owned())
+    };
+    relay(&state, &call, &caller, req, ask).await
+}
+
+/// What a relayed request asks an agent for.
+pub(crate) enum Ask {
+    /// A named route; the request's own path and query go as they are.
+    Route(String),
+    /// Forward mode; the agent's path is `/{scheme}/{host[:port]}/{path…}`
+    /// with the query.
+    Forward { path_and_query: String },
+    /// A CONNECT tunnel to `host:port` through a forward-mode agent.
+    Connect(Authority),
+}
+
+/// Relays an authenticated caller's request to an agent of its account
+/// (and `Tether-Selector`): the one path for routes, forward mode, and
+/// the proxy listener's absolute-form requests and CONNECT tunnels.
+pub(crate) async fn relay(
+    state: &State,
+    call: &Call,
+    caller: &Identity,
+    mut req: Request<Incoming>,
+    ask: Ask,
+) -> Response<BoxBody> {
     let selector = selector(req.headers());
+    let (route, authority, path_and_query) = match ask {
+        Ask::Route(route) => {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned();
+            (route, protocol::TUNNEL_AUTHORITY, pq)
+        }
+        Ask::Forward { path_and_query } => (
+            protocol::FORWARD_AUTHORITY.to_owned(),
+            protocol::FORWARD_AUTHORITY,
+            path_and_query,
+        ),
+        Ask::Connect(target) => {
+            // Only the tunnel's target and the relay's own fields reach
+            // the agent; the caller's fields stay with the proxy hop.
+            let Ok(uri) = target.as_str().parse::<Uri>() else {
+                return call.fail(ErrorCode::BadRequest, "CONNECT needs host:port");
+            };
+            let tunnel = PendingTunnel::of(&mut req);
+            let mut connect = Request::new(tether_wire::empty_body());
+            *connect.method_mut() = http::Method::CONNECT;
+            *connect.uri_mut() = uri;
+            call.tag(connect.headers_mut(), caller);
+            let to = Destination {
+                account: &caller.account,
+                selector: &selector,
+                route: Some(protocol::FORWARD_AUTHORITY),
+            };
+            let response = call
+                .dispatch(state, &to, connect, &BodyWatch::default())
+                .await;
+            tracing::debug!(request_id = %call.request_id, account = %caller.account,
+                status = response.status().as_u16(), "CONNECT relayed");
+            return tunnel.answer(call, response);
+        }
+    };
 
     let cap = state.config.limits.max_body_bytes;
     if let Some(cap) = cap {
@@ -188,15 +131,6 @@ pub(crate) async fn handle_route(
     }
 
     let (mut parts, body) = req.into_parts();
-    let path_and_query = match (&forward_path, parts.uri.query()) {
-        (Some(p), Some(q)) => format!("{p}?{q}"),
-        (Some(p), None) => p.clone(),
-        (None, _) => parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
-    };
     let Ok(uri) = Uri::try_from(format!("http://{authority}{path_and_query}")) else {
         return call.fail(ErrorCode::BadRequest, "unusable request target");
     };
@@ -205,7 +139,7 @@ pub(crate) async fn handle_route(
     strip_hop_by_hop(&mut parts.headers);
     strip_tether(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    call.tag(&mut parts.headers, &caller);
+    call.tag(&mut parts.headers, caller);
     let (body, watch) = CallerBody::wrap(body, cap);
     let to = Destination {
         account: &caller.account,
@@ -213,7 +147,7 @@ pub(crate) async fn handle_route(
         route: Some(&route),
     };
     let response = call
-        .dispatch(&state, &to, Request::from_parts(parts, body), &watch)
+        .dispatch(state, &to, Request::from_parts(parts, body), &watch)
         .await;
     tracing::debug!(request_id = %call.request_id, account = %caller.account, route,
         status = response.status().as_u16(), "relayed");
@@ -229,9 +163,9 @@ pub(crate) async fn handle_resolve(
     remote: SocketAddr,
 ) -> Response<BoxBody> {
     let call = Call::new();
-    let caller = match call.authenticate(&state, req.headers(), remote, true).await {
+    let caller = match admission::identify(&state, Entrance::Resolve, req.headers(), remote).await {
         Ok(caller) => caller,
-        Err(problem) => return call.respond(problem),
+        Err(refused) => return call.refuse(refused, Entrance::Resolve),
     };
     if req.method() != http::Method::POST {
         return call.fail(ErrorCode::BadRequest, "use POST");
@@ -298,8 +232,3 @@ pub(crate) fn selector(headers: &http::HeaderMap) -> Vec<String> {
 
 /// Largest resolve request accepted.
 const RESOLVE_MAX_BYTES: usize = 64 * 1024;
-
-/// 128 random bits as hex: unique enough to grep logs on both sides.
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}

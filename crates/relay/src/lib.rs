@@ -9,15 +9,29 @@
 //! - [`credential`]: token and key format, generation, constant-time check.
 //! - [`store`]: accounts, tokens and keys (hashes only) in SQLite.
 //! - [`auth`]: verifying presented credentials, with a short cache.
+//! - `admission`: the one check from a presented credential to an identity
+//!   (every listener): store, failed-auth limiter, `[limits] caller_rate`.
 //! - [`registry`]: connected agent sessions and the choice of one.
 //! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
-//! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/secrets/resolve`.
+//! - `call`: one caller request's id, answers and stamped fields.
+//! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/forward/…`,
+//!   `/v1/secrets/resolve`; `relay`, the one path to an agent.
+//! - `proxy`: the forward-proxy listener (`[listen] proxy`): absolute form
+//!   and CONNECT, through `ingress`.
+//! - `splice`: a CONNECT tunnel joined to the agent's CONNECT stream.
 //! - `dispatch`: sends a request to an agent, locally or through a peer,
 //!   and keeps `Tether-*` fields an agent relays from passing for ours.
 //! - `replay`: whether a request that got no response may go again.
 //! - `request_body`: the caller's body, capped, its failure kept.
 //! - `cluster`: presence of replicas and peer forwarding (cluster mode).
-//! - [`limiter`]: failed authentications per source address.
+//! - `peer_listener`: `[cluster] peer_listen`: requests a peer replica
+//!   forwards here, relayed through a session of this one.
+//! - [`limiter`]: failed authentications per source address, and
+//!   `[limits] caller_rate` per API key.
+//! - [`metrics`]: the Prometheus metrics on the admin listener.
+//! - [`preflight`]: `tether-relay check`: the configuration and what it
+//!   points at, before serving.
+//! - [`version`]: `[agents] min_version` and agents' reported versions.
 //! - `watcher`: applies credential changes (revocation, rotation) to live
 //!   sessions and caches, from the store, within a second.
 //!
@@ -25,7 +39,9 @@
 //! until the shutdown token is cancelled, then drains.
 
 mod admin;
+mod admission;
 pub mod auth;
+mod call;
 mod cluster;
 pub mod config;
 pub mod credential;
@@ -33,12 +49,14 @@ mod dispatch;
 mod ingress;
 pub mod limiter;
 pub mod metrics;
+mod peer_listener;
 pub mod preflight;
 mod proxy;
 pub mod registry;
 mod replay;
 mod request_body;
 mod session;
+mod splice;
 pub mod store;
 pub mod version;
 mod watcher;
@@ -270,7 +288,7 @@ impl Relay {
                     None,
                     peer_options,
                     serve::handler(move |req, remote| {
-                        cluster::handle_peer(peer_state.clone(), req, remote)
+                        peer_listener::handle_peer(peer_state.clone(), req, remote)
                     }),
                     state.shutdown.clone(),
                     state.tracker.clone(),
@@ -354,7 +372,7 @@ async fn handle_public(
     match (req.method(), path) {
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&state),
-        _ => ingress::Call::new().fail(ErrorCode::NoSuchRoute, "no such endpoint"),
+        _ => call::Call::new().fail(ErrorCode::NoSuchRoute, "no such endpoint"),
     }
 }
 
@@ -396,7 +414,7 @@ async fn handle_admin(
 pub(crate) fn bad_target<B>(req: &Request<B>) -> Option<Response<BoxBody>> {
     let target = req.uri().path_and_query()?;
     let e = tether_wire::target::check_path_and_query(target.as_str()).err()?;
-    Some(ingress::Call::new().fail(ErrorCode::BadRequest, &e.to_string()))
+    Some(call::Call::new().fail(ErrorCode::BadRequest, &e.to_string()))
 }
 
 fn readiness(state: &State) -> Response<BoxBody> {

@@ -34,6 +34,8 @@ pub struct AgentSession {
     sender: SendRequest<BoxBody>,
     /// Requests sent and not yet finished (response body done or dropped).
     in_flight: AtomicUsize,
+    /// Woken when the last request in flight finishes (a drain awaits it).
+    idle: tokio::sync::Notify,
     /// The same, summed over every session of this agent instance: shared
     /// by its sessions, so the least loaded *agent* is chosen.
     agent_load: Arc<AtomicUsize>,
@@ -61,6 +63,7 @@ impl AgentSession {
             remote,
             sender,
             in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
             agent_load,
             closed: CancellationToken::new(),
         }
@@ -77,6 +80,21 @@ impl AgentSession {
     /// Requests in flight on this session.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Returns once no request is in flight on this session.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a request finishing between
+            // the check and the await still wakes us.
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// When the secret that opened the session stops being valid.
@@ -97,7 +115,9 @@ pub struct InFlight(Arc<AgentSession>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
         self.0.agent_load.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -198,17 +218,30 @@ fn serves(info: &AgentInfo, route: &str) -> bool {
 }
 
 /// Connected sessions by account.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     by_account: RwLock<HashMap<String, Vec<Arc<AgentSession>>>>,
     /// Woken when a session comes or goes (cluster presence publishes it).
     changed: tokio::sync::Notify,
+    /// Bumped when a session comes: requests waiting for a replacement
+    /// session watch it (any number of them, unlike `changed`).
+    arrivals: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            by_account: RwLock::default(),
+            changed: tokio::sync::Notify::new(),
+            arrivals: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// Adds a session.
@@ -217,7 +250,9 @@ impl Registry {
         map.entry(session.account.clone())
             .or_default()
             .push(session);
+        drop(map);
         self.changed.notify_one();
+        self.arrivals.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Removes a session (no-op if absent).
@@ -230,6 +265,12 @@ impl Registry {
             }
         }
         self.changed.notify_one();
+    }
+
+    /// Changes whenever a session is added: subscribe, then check, then
+    /// await `changed()` to wait for one without missing it.
+    pub fn arrivals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.arrivals.subscribe()
     }
 
     /// Notified when a session comes or goes.

@@ -23,8 +23,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::State;
-use crate::auth::{AuthError, Identity};
-use crate::credential::{self, Kind};
+use crate::admission::{self, Entrance};
+use crate::auth::Identity;
 use crate::registry::AgentSession;
 
 /// Largest WebSocket message or frame accepted from an agent. The agent
@@ -53,11 +53,11 @@ pub(crate) async fn handle_connect(
         Ok(hello) => hello,
         Err(problem) => return refusal(problem),
     };
-    let identity = match authenticate(&state, req.headers(), remote).await {
+    let identity = match admission::identify(&state, Entrance::Agent, req.headers(), remote).await {
         Ok(identity) => identity,
-        Err(problem) => {
-            tracing::info!(%remote, agent = %hello.name, "agent refused: bad token");
-            return refusal(problem);
+        Err(refused) => {
+            tracing::info!(%remote, agent = %hello.name, ?refused, "agent refused: bad token");
+            return refusal(refused.problem(Entrance::Agent));
         }
     };
     if let Some(minimum) = &state.config.agents.min_version {
@@ -155,40 +155,6 @@ fn check_handshake(method: &Method, headers: &HeaderMap) -> Result<Hello, Proble
         name: name.to_owned(),
         version,
     })
-}
-
-async fn authenticate(
-    state: &State,
-    headers: &HeaderMap,
-    remote: SocketAddr,
-) -> Result<Identity, Problem> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(credential::bearer);
-    let Some(value) = value else {
-        state.limiter.failed(remote.ip());
-        return Err(Problem::new(
-            ErrorCode::Unauthorized,
-            "agent token required",
-        ));
-    };
-    match state.auth.verify(Kind::AgentToken, value).await {
-        Ok(identity) => Ok(identity),
-        Err(AuthError::Malformed | AuthError::Invalid) if state.limiter.failed(remote.ip()) => {
-            Err(Problem::new(
-                ErrorCode::RateLimited,
-                "too many failed authentications from this address",
-            ))
-        }
-        Err(AuthError::Malformed | AuthError::Invalid) => {
-            Err(Problem::new(ErrorCode::Unauthorized, "invalid agent token"))
-        }
-        Err(AuthError::Store(e)) => {
-            tracing::error!(error = %e, "token check failed: store unavailable");
-            Err(Problem::new(ErrorCode::Internal, "token store unavailable"))
-        }
-    }
 }
 
 fn bad_request(detail: &str) -> Problem {
@@ -328,10 +294,7 @@ fn plain_info(info: &AgentInfo) -> bool {
 
 /// Waits (bounded) for requests in flight on `session` to finish.
 async fn drain(session: &AgentSession, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while session.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _ = tokio::time::timeout(limit, session.idle()).await;
 }
 
 /// Asks the agent who it is and which routes it serves.

@@ -11,26 +11,19 @@ use tether_wire::body::FilteredTrailers;
 use tether_wire::protocol::{self, header as th};
 use tether_wire::{BoxBody, ErrorCode, Problem};
 
-use super::header;
-use super::peer_outcome::{OwnAnswer, strip_peer_fields};
 use crate::State;
-use crate::dispatch::{Destination, Dispatched};
-use crate::ingress::Call;
+use crate::call::{Call, Destination};
+use crate::cluster::{OwnAnswer, header, strip_peer_fields};
+use crate::dispatch::Dispatched;
 use crate::request_body::BodyWatch;
-
-/// `SETTINGS_MAX_HEADER_LIST_SIZE` between replicas, both ways: a relayed
-/// head ([`protocol::MAX_HEADER_LIST_SIZE`]) plus the fields replicas add
-/// to it (peer key, account, selector and route on requests; `Tether-Agent`
-/// and `Tether-Request-Id` on responses), so that what fits a session
-/// fits a hop too.
-pub(crate) const PEER_HEADER_LIST_SIZE: u32 = protocol::MAX_HEADER_LIST_SIZE + 4 * 1024;
+use crate::splice::PendingTunnel;
 
 /// Handles a request forwarded by a peer replica: checks the peer key
 /// (failures count against the source address like bad tokens), then
 /// relays it through a local session by the rules of a local request
 /// (never to another peer). Its own answers that reached no agent, and
 /// its refusals of the key, carry [`header::OUTCOME`]; nothing an agent
-/// relays can (see [`super::PeerOutcome`]).
+/// relays can (see [`crate::cluster::PeerOutcome`]).
 pub(crate) async fn handle_peer(
     state: Arc<State>,
     mut req: Request<Incoming>,
@@ -73,6 +66,8 @@ pub(crate) async fn handle_peer(
         .unwrap_or_default();
     let route = text(header::ROUTE);
     strip_peer_fields(req.headers_mut());
+    // A CONNECT's far side is joined here, as on the first replica.
+    let tunnel = (req.method() == http::Method::CONNECT).then(|| PendingTunnel::of(&mut req));
     let (parts, body) = req.into_parts();
     let request = Request::from_parts(parts, FilteredTrailers::new(body).boxed());
     let to = Destination {
@@ -84,7 +79,10 @@ pub(crate) async fn handle_peer(
         .dispatch_local(&state, &to, request, &BodyWatch::default())
         .await
     {
-        Dispatched::Reached(response) => response,
+        Dispatched::Reached(response) => match tunnel {
+            Some(tunnel) => tunnel.answer(&call, response),
+            None => response,
+        },
         Dispatched::NoAgentHere(response) => OwnAnswer::NoAgentHere.mark(response),
     }
 }

@@ -1,0 +1,171 @@
+//! The upstream call shared by routes and forward mode: header hygiene,
+//! injection ([`crate::inject`]), the deadline on the response head, and
+//! the response streamed back with its audit line written at its end.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tether_wire::headers::{strip_hop_by_hop, strip_tether};
+use tether_wire::{BoxBody, BoxError, ErrorCode, Problem};
+
+use super::{Audit, Dispatcher};
+use crate::audit;
+use crate::body::{Counted, Direction};
+use crate::config::Route;
+use crate::hygiene;
+use crate::inject;
+use crate::secrets::SecretError;
+use crate::upstream::UpstreamClient;
+
+impl Dispatcher {
+    /// Header hygiene, caller placeholders, the route's (or forward
+    /// target's) headers with their secrets, then the upstream call with
+    /// the deadline on the response head; the response streams back and
+    /// its audit line is written when its body ends.
+    pub(super) async fn call_upstream(
+        &self,
+        req: Request<Incoming>,
+        target: Uri,
+        route: &Route,
+        client: Upstream<'_>,
+        mut audit: Audit,
+        request_id: &str,
+    ) -> Response<BoxBody> {
+        let route_name = route.name.as_str();
+        let fail = |code: ErrorCode, detail: String| {
+            Problem::new(code, detail)
+                .with_request_id(request_id.to_owned())
+                .into_response()
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = target;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        strip_tether(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if !route.allow_override_headers {
+            hygiene::strip_override_headers(&mut parts.headers);
+        }
+        audit.record.caller_request_id = hygiene::set_request_id(&mut parts.headers, request_id);
+        let caller_templates =
+            match inject::caller_placeholders(&parts.headers, route, &self.secrets) {
+                Ok(t) => t,
+                Err(why) => {
+                    audit.log(StatusCode::FORBIDDEN, "denied");
+                    return fail(ErrorCode::Denied, format!("route {route_name}: {why}"));
+                }
+            };
+        let needed = inject::secrets_needed(&caller_templates, route);
+        audit.record.secrets = needed.iter().cloned().collect();
+        let values = match inject::resolve(&self.secrets, &needed).await {
+            Ok(values) => values,
+            Err(SecretError::Unknown(name)) => {
+                audit.log(StatusCode::FORBIDDEN, "denied");
+                return fail(ErrorCode::Denied, format!("unknown secret {name:?}"));
+            }
+            Err(e @ SecretError::Unavailable { .. }) => {
+                // The store's own text (paths, ids, its error) stays here.
+                tracing::warn!(request_id = %request_id, route = %route_name, error = %e,
+                    "secret unavailable");
+                audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
+                return fail(
+                    ErrorCode::SecretUnavailable,
+                    format!("route {route_name}: a secret it needs is unavailable"),
+                );
+            }
+        };
+        if let Err(name) = inject::inject(&mut parts.headers, caller_templates, route, &values) {
+            audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
+            return fail(
+                ErrorCode::SecretUnavailable,
+                format!("header {name}: value not usable"),
+            );
+        }
+        let bytes = Arc::new(audit::Bytes::default());
+        let route_writes = route.headers.iter().map(|h| h.name.clone()).collect();
+        let body = Counted::new(
+            body.map_err(BoxError::from).boxed(),
+            bytes.clone(),
+            Direction::In { route_writes },
+            None,
+        );
+        let mut upstream_req = Request::from_parts(parts, body.boxed());
+        let informational = hygiene::Informational::watch(&mut upstream_req);
+
+        let response = tokio::time::timeout(route.timeout, async {
+            tokio::select! {
+                response = client.request(upstream_req) => Some(response),
+                () = informational.flooded() => None,
+            }
+        })
+        .await;
+        let response = match response {
+            Ok(Some(Ok(response))) => response,
+            Ok(None) => {
+                tracing::info!(request_id = %request_id, route = %route_name,
+                    limit = hygiene::MAX_INFORMATIONAL, "upstream sent too many 1xx responses");
+                audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
+                return fail(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("route {route_name}: upstream sent too many interim (1xx) responses"),
+                );
+            }
+            Ok(Some(Err(e))) => {
+                tracing::info!(request_id = %request_id, route = %route_name, error = %crate::error_chain(&e),
+                    "upstream unreachable");
+                audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
+                return fail(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("route {route_name}: upstream did not answer"),
+                );
+            }
+            Err(_) => {
+                audit.log(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+                return fail(
+                    ErrorCode::UpstreamTimeout,
+                    format!("route {route_name}: no response within {:?}", route.timeout),
+                );
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        if let Err(e) = hygiene::admit_response_head(parts.status, &mut parts.headers) {
+            tracing::warn!(request_id = %request_id, route = %route_name, error = %e,
+                "upstream response refused");
+            audit.log(StatusCode::BAD_GATEWAY, "upstream_headers_too_large");
+            return fail(
+                ErrorCode::UpstreamHeadersTooLarge,
+                format!(
+                    "route {route_name}: upstream response headers over {} bytes",
+                    e.limit
+                ),
+            );
+        }
+        let pending = audit.pending(parts.status, bytes.clone());
+        let body = Counted::new(
+            body.map_err(BoxError::from).boxed(),
+            bytes,
+            Direction::Out,
+            Some(pending),
+        );
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// The pooled client a request goes out on.
+pub(super) enum Upstream<'a> {
+    /// A route's.
+    Route(&'a UpstreamClient),
+    /// Forward mode's (addresses pinned by the SSRF check).
+    Forward(&'a crate::upstream::ForwardClient),
+}
+
+impl Upstream<'_> {
+    fn request(&self, req: Request<BoxBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::Route(c) => c.request(req),
+            Self::Forward(c) => c.request(req),
+        }
+    }
+}

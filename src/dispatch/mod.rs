@@ -1,0 +1,189 @@
+//! What the agent does with each HTTP/2 stream the relay opens.
+//!
+//! - `control`: control requests (reserved authority), every one of them.
+//! - `route`: a named route: route lookup → keys → policy (method,
+//!   normalised path).
+//! - `forward`: forward mode: `[forward]` lists → SSRF guard.
+//! - `connect`: CONNECT tunnels to forward targets.
+//! - `call`: the upstream call routes and forward mode share: header
+//!   hygiene → injection (`inject`) → upstream call with a
+//!   deadline on the response head → response streamed back.
+//!
+//! Every request the relay sends leaves one audit line (`Audit`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tether_wire::protocol::{self, AgentInfo};
+use tether_wire::{BoxBody, ErrorCode, Problem};
+
+use crate::audit::{self, AuditLog, AuditRecord, PendingRecord};
+use crate::config::{AgentConfig, Route};
+use crate::secrets::Secrets;
+use crate::upstream::{Clients, TlsConfigError, UpstreamClient};
+
+mod call;
+mod connect;
+mod control;
+mod forward;
+mod route;
+
+pub use control::SessionSignals;
+
+/// A route ready to serve.
+struct LiveRoute {
+    route: Route,
+    client: UpstreamClient,
+}
+
+/// Forward mode, when `[forward] allow` is set.
+struct LiveForward {
+    guard: Arc<crate::forward::Guard>,
+    headers: crate::config::ForwardHeaders,
+    client: crate::upstream::ForwardClient,
+    pins: crate::upstream::Pins,
+}
+
+/// Serves the relay's requests; shared by all sessions.
+pub struct Dispatcher {
+    routes: HashMap<String, LiveRoute>,
+    forward: Option<LiveForward>,
+    info: AgentInfo,
+    secrets: Arc<Secrets>,
+    audit: Arc<AuditLog>,
+    /// `token_file`, when `accept_rotation` lets the relay push new tokens.
+    rotation_target: Option<std::path::PathBuf>,
+}
+
+impl Dispatcher {
+    /// Builds upstream clients for every route of `config`.
+    pub fn new(
+        config: &AgentConfig,
+        secrets: Arc<Secrets>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, TlsConfigError> {
+        let mut clients = Clients::default();
+        let mut routes = HashMap::new();
+        for (name, route) in &config.routes {
+            let client = clients.get(route.ca_file.as_deref())?;
+            routes.insert(
+                name.clone(),
+                LiveRoute {
+                    route: route.clone(),
+                    client,
+                },
+            );
+        }
+        let info = AgentInfo {
+            name: config.identity.name.clone(),
+            instance: config.identity.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            tags: config.identity.tags.clone(),
+            routes: config.routes.keys().cloned().collect(),
+            forward: config.forward.enabled(),
+        };
+        let forward = if config.forward.enabled() {
+            let pins = crate::upstream::Pins::default();
+            let mut policy = config.forward.clone();
+            policy.services = crate::forward::own_services(
+                config.relay.proxy.as_ref(),
+                config.vault.as_ref().map(|v| v.address.as_str()),
+                config.aws.as_ref().and_then(|a| a.endpoint.as_deref()),
+            );
+            Some(LiveForward {
+                guard: Arc::new(crate::forward::Guard::new(policy)),
+                headers: config.forward_headers.clone(),
+                client: crate::upstream::forward_client(pins.clone())?,
+                pins,
+            })
+        } else {
+            None
+        };
+        audit.metrics().add_routes(config.routes.keys());
+        let rotation_target = match (&config.relay.token, config.relay.accept_rotation) {
+            (crate::config::TokenSource::File(path), true) => Some(path.clone()),
+            _ => None,
+        };
+        Ok(Self {
+            routes,
+            forward,
+            info,
+            secrets,
+            audit,
+            rotation_target,
+        })
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// Forward mode's SSRF guard, when forward mode is on (its watched
+    /// names are kept resolved by the agent).
+    pub fn forward_guard(&self) -> Option<Arc<crate::forward::Guard>> {
+        self.forward.as_ref().map(|f| f.guard.clone())
+    }
+
+    fn audit(&self, request_id: &str, caller: &str, method: &str) -> Audit {
+        Audit {
+            record: AuditRecord::begin(request_id, caller, method),
+            log: self.audit.clone(),
+        }
+    }
+
+    /// The secrets this dispatcher injects.
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        &self.secrets
+    }
+
+    /// Handles one stream of a session; `session` learns what the
+    /// session's control requests say.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        session: &SessionSignals,
+    ) -> Response<BoxBody> {
+        if let Err(refused) = self.audit.admit(&req).await {
+            return refused.into_response();
+        }
+        if req.method() == http::Method::CONNECT {
+            return self.handle_connect(req).await;
+        }
+        match req.uri().authority().map(|a| a.as_str()) {
+            Some(protocol::CONTROL_AUTHORITY) => self.handle_control(req, session).await,
+            Some(protocol::TUNNEL_AUTHORITY) => self.handle_relayed(req).await,
+            Some(protocol::FORWARD_AUTHORITY) => self.handle_forward(req).await,
+            _ => Problem::new(ErrorCode::BadRequest, "unknown authority").into_response(),
+        }
+    }
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The audit record of one request, on its way to the audit log.
+struct Audit {
+    record: AuditRecord,
+    log: Arc<AuditLog>,
+}
+
+impl Audit {
+    /// Writes the record now, with `status` and `decision`.
+    fn log(&mut self, status: StatusCode, decision: &str) {
+        self.record.finish(status.as_u16(), decision);
+        self.log.record(&self.record);
+    }
+
+    /// A record written when the response body ends (bytes, duration).
+    fn pending(mut self, status: StatusCode, bytes: Arc<audit::Bytes>) -> PendingRecord {
+        self.record.finish(status.as_u16(), "allowed");
+        PendingRecord::new(self.record, bytes, self.log)
+    }
+}
