@@ -239,3 +239,31 @@ async fn full_disk_body() {
     assert_eq!(logged, served);
     eprintln!("{} requests served, each with its line", served.len());
 }
+
+#[tokio::test]
+async fn a_request_its_caller_abandons_still_has_its_audit_line() {
+    let s = Stack::start().await;
+    let (k, v) = s.auth();
+    let req = http::Request::post(s.relay.url("/v1/routes/sample/slow/2000"))
+        .header(k, &v)
+        .header("x-request-id", "abandoned-1")
+        .body(body("do-something"))
+        .unwrap();
+    // The caller gives up while the upstream is still working on it.
+    let sent = tokio::time::timeout(Duration::from_millis(300), client().request(req)).await;
+    assert!(sent.is_err(), "the upstream answers only after 2 s");
+    until(
+        Duration::from_secs(10),
+        "the abandoned request's audit line",
+        || {
+            let found = s.agent.log.lock().unwrap().iter().any(|l| {
+                l.contains("tether::audit")
+                    && l.contains("caller_request_id=abandoned-1")
+                    && l.contains("status=499")
+                    && l.contains("decision=cancelled")
+            });
+            async move { found }
+        },
+    )
+    .await;
+}

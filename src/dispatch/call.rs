@@ -84,6 +84,7 @@ impl Dispatcher {
             );
         }
         let bytes = Arc::new(audit::Bytes::default());
+        audit.bytes = Some(bytes.clone());
         let route_writes = route.headers.iter().map(|h| h.name.clone()).collect();
         let body = Counted::new(
             body.map_err(BoxError::from).boxed(),
@@ -125,7 +126,10 @@ impl Dispatcher {
                 audit.log(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
                 return fail(
                     ErrorCode::UpstreamTimeout,
-                    format!("route {route_name}: no response within {:?}", route.timeout),
+                    format!(
+                        "route {route_name}: no response within {}",
+                        humantime::format_duration(route.timeout)
+                    ),
                 );
             }
         };

@@ -131,6 +131,8 @@ impl Dispatcher {
         Audit {
             record: AuditRecord::begin(request_id, caller, method),
             log: self.audit.clone(),
+            written: false,
+            bytes: None,
         }
     }
 
@@ -168,22 +170,53 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// The audit record of one request, on its way to the audit log.
+/// The audit record of one request, on its way to the audit log. It is
+/// written exactly once: by [`Audit::log`], by the [`PendingRecord`] of
+/// [`Audit::pending`] when the response body ends, or — when the relay
+/// resets the stream (the caller went away) and the handler is dropped
+/// while the upstream works — on drop, as `cancelled`: the upstream may
+/// have acted, so that line must exist too.
 struct Audit {
     record: AuditRecord,
     log: Arc<AuditLog>,
+    /// Whether the record went to the log or into a pending record.
+    written: bool,
+    /// The request body's byte count, once it is flowing upstream.
+    bytes: Option<Arc<audit::Bytes>>,
 }
+
+/// Status of a line for a request its caller abandoned before the answer
+/// (nginx's 499: no status was sent).
+const CANCELLED: u16 = 499;
 
 impl Audit {
     /// Writes the record now, with `status` and `decision`.
     fn log(&mut self, status: StatusCode, decision: &str) {
+        if self.written {
+            return;
+        }
+        self.written = true;
         self.record.finish(status.as_u16(), decision);
         self.log.record(&self.record);
     }
 
     /// A record written when the response body ends (bytes, duration).
     fn pending(mut self, status: StatusCode, bytes: Arc<audit::Bytes>) -> PendingRecord {
+        self.written = true;
         self.record.finish(status.as_u16(), "allowed");
-        PendingRecord::new(self.record, bytes, self.log)
+        PendingRecord::new(self.record.clone(), bytes, self.log.clone())
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        if let Some(bytes) = &self.bytes {
+            self.record.bytes_in = bytes.inbound.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        self.record.finish(CANCELLED, "cancelled");
+        self.log.record(&self.record);
     }
 }

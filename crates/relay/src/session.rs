@@ -247,7 +247,7 @@ async fn run_session(
         agent = %session.info.name,
         instance = %session.info.instance,
         version = %session.info.version,
-        routes = ?session.info.routes,
+        routes = %session.info.routes.join(","),
         token_id = %session.token_id,
         %remote,
         "agent connected"
