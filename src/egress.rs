@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cidr::Cidr;
-use crate::config::Env;
+use crate::env::Env;
 use crate::secret::SecretString;
 
 /// The proxy the relay is reached through.

@@ -12,6 +12,7 @@
 //!   requests, routes, forward mode, CONNECT, the upstream call.
 //! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`identity`]: end-user tokens verified against the issuer's keys.
+//! - [`env`]: the process environment behind a trait.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
 //! - [`audit`]: one JSON line per request the cloud sent; no request
@@ -37,6 +38,7 @@ pub mod cidr;
 pub mod config;
 pub mod dispatch;
 pub mod egress;
+pub mod env;
 pub mod forward;
 pub mod hygiene;
 pub mod identity;

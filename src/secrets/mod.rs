@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::Env;
+use crate::env::Env;
 use crate::secret::SecretString;
 use config::{AwsSettings, SecretSpec, SourceSpec, VaultSettings};
 

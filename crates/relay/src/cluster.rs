@@ -268,7 +268,7 @@ impl Cluster {
         {
             return Some(sender.clone());
         }
-        let authority = peer_authority(&target.advertise)?;
+        let authority = crate::config::peer_authority(&target.advertise)?;
         let tcp = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio::net::TcpStream::connect(&authority),
@@ -363,35 +363,7 @@ impl Cluster {
     }
 }
 
-/// `host:port` of an `http://host:port` advertise URL.
-pub(crate) fn peer_authority(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
-    let uri: http::uri::Authority = rest.parse().ok()?;
-    uri.port_u16()?;
-    Some(uri.as_str().to_owned())
-}
-
 fn strip_peer_headers(mut request: Request<BoxBody>) -> Request<BoxBody> {
     peer_outcome::strip_peer_fields(request.headers_mut());
     request
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advertise_urls() {
-        assert_eq!(
-            peer_authority("http://10.0.0.7:9470").as_deref(),
-            Some("10.0.0.7:9470")
-        );
-        assert_eq!(
-            peer_authority("http://relay-1.relay-peers:9470/").as_deref(),
-            Some("relay-1.relay-peers:9470")
-        );
-        assert_eq!(peer_authority("http://relay-1"), None);
-        assert_eq!(peer_authority("https://relay-1:9470"), None);
-        assert_eq!(peer_authority("relay-1:9470"), None);
-    }
 }

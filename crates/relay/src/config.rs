@@ -363,7 +363,7 @@ impl RelayConfig {
                     &["cluster", "peer_listen"],
                     "[cluster] advertise is required when peer_listen is a wildcard address",
                 );
-            } else if crate::cluster::peer_authority(&cluster.advertised()).is_none() {
+            } else if peer_authority(&cluster.advertised()).is_none() {
                 problem(
                     &["cluster", "advertise"],
                     "[cluster] advertise: expected http://host:port",
@@ -448,6 +448,14 @@ fn offset_of(source: &str, key: &[&str]) -> usize {
     offset
 }
 
+/// `host:port` of an `http://host:port` advertise URL.
+pub(crate) fn peer_authority(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
+    let uri: http::uri::Authority = rest.parse().ok()?;
+    uri.port_u16()?;
+    Some(uri.as_str().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +528,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[store] url"), "{err}");
+    }
+
+    #[test]
+    fn advertise_urls() {
+        assert_eq!(
+            peer_authority("http://10.0.0.7:9470").as_deref(),
+            Some("10.0.0.7:9470")
+        );
+        assert_eq!(
+            peer_authority("http://relay-1.relay-peers:9470/").as_deref(),
+            Some("relay-1.relay-peers:9470")
+        );
+        assert_eq!(peer_authority("http://relay-1"), None);
+        assert_eq!(peer_authority("https://relay-1:9470"), None);
+        assert_eq!(peer_authority("relay-1:9470"), None);
     }
 }

@@ -4,13 +4,9 @@
 //! store or a file.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::config::RelayConfig;
-use crate::store::Backend;
-
-/// How long `check` and `serve` wait for Postgres to accept a connection.
-pub const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::store::{Backend, postgres_reachable};
 
 /// Every problem `serve` would stop at, in the order it would meet them.
 /// With `offline`, the store is not contacted.
@@ -51,7 +47,7 @@ pub async fn check(config: &RelayConfig, offline: bool) -> Vec<String> {
 
 /// SQLite: the database's directory exists (the file is created by
 /// `serve`). Postgres: a connection is accepted within
-/// [`STORE_CONNECT_TIMEOUT`], or the cause (refused, DNS, auth) is named.
+/// [`crate::store::STORE_CONNECT_TIMEOUT`], or the cause (refused, DNS, auth) is named.
 pub async fn store_reachable(url: &str) -> Result<(), String> {
     match Backend::of(url) {
         Some(Backend::Sqlite) => {
@@ -78,68 +74,9 @@ pub async fn store_reachable(url: &str) -> Result<(), String> {
     }
 }
 
-/// One direct connection, so that the real cause is reported rather than
-/// a pool's "timed out while waiting for an open connection".
-pub async fn postgres_reachable(url: &str) -> Result<(), String> {
-    use sqlx::Connection;
-    let shown = redacted(url);
-    match tokio::time::timeout(
-        STORE_CONNECT_TIMEOUT,
-        sqlx::postgres::PgConnection::connect(url),
-    )
-    .await
-    {
-        Ok(Ok(connection)) => {
-            let _ = connection.close().await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(format!("Postgres at {shown}: {}", cause(&e))),
-        Err(_) => Err(format!(
-            "Postgres at {shown}: no connection within {STORE_CONNECT_TIMEOUT:?}"
-        )),
-    }
-}
-
-/// The innermost error's text: "Connection refused", a DNS failure, or
-/// the server's authentication error.
-fn cause(e: &sqlx::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    let inner = source.to_string();
-    let outer = e.to_string();
-    if outer.contains(&inner) {
-        outer
-    } else {
-        format!("{outer}: {inner}")
-    }
-}
-
-/// `postgres://user:password@host/db` without the password.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redacted("postgres://tether:s3cret@db:5432/tether"),
-            "postgres://tether@db:5432/tether"
-        );
-        assert_eq!(redacted("postgres://db/tether"), "postgres://db/tether");
-    }
 
     #[tokio::test]
     async fn a_missing_sqlite_directory_is_named() {

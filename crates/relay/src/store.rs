@@ -15,9 +15,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::credential::{self, Kind, NewCredential};
 
+mod connect;
 mod record;
 mod sqlite_file;
 
+pub use connect::{STORE_CONNECT_TIMEOUT, postgres_reachable};
 pub use record::{CredentialEvent, CredentialRecord, Status, rfc3339};
 
 /// Errors of the store.
@@ -86,7 +88,7 @@ impl Store {
         if backend == Backend::Postgres {
             // Fail in seconds with the cause, not after the pool's 30 s
             // with "timed out while waiting for an open connection".
-            crate::preflight::postgres_reachable(url)
+            postgres_reachable(url)
                 .await
                 .map_err(StoreError::Unreachable)?;
         }
@@ -100,7 +102,7 @@ impl Store {
             sqlite_file::create_private(&url);
         }
         let pool = AnyPoolOptions::new()
-            .acquire_timeout(crate::preflight::STORE_CONNECT_TIMEOUT)
+            .acquire_timeout(STORE_CONNECT_TIMEOUT)
             .max_connections(match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,
