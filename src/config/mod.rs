@@ -199,38 +199,8 @@ pub struct RouteHeader {
 /// Default time an upstream has to answer.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read. The reason is part of the message and
-    /// not exposed as `source()`, so that printing the chain does not say
-    /// it twice.
-    #[error("{path}: {reason}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: std::io::Error,
-    },
-    /// Problems at places in the file: the first TOML syntax or type
-    /// error, or every independent validation problem, in file order.
-    #[error("{}", Lines(path, problems))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong where (never empty).
-        problems: Vec<Problem>,
-    },
-}
+pub use tether_wire::config_location::ConfigError;
 
-impl ConfigError {
-    /// The problems on one line, `; `-separated, for a log line.
-    pub fn one_line(&self) -> String {
-        self.to_string().replace('\n', "; ")
-    }
-}
-
-use tether_wire::config_location::Lines;
 pub use tether_wire::config_location::Problem;
 
 /// The problems found so far in one file. Each section's validator records

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tether_wire::config_location::{Lines, Problem};
+use tether_wire::config_location::Problem;
 
 /// Top-level relay configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -257,29 +257,7 @@ fn default_lease() -> Duration {
     Duration::from_secs(15)
 }
 
-/// A configuration file that cannot be used, with where and why.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read. The reason is part of the message and
-    /// not exposed as `source()`, so that printing the chain does not say
-    /// it twice.
-    #[error("{path}: {reason}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: std::io::Error,
-    },
-    /// The first TOML syntax, unknown-key or type error, or every value
-    /// that parses but does not make sense, each at its key.
-    #[error("{}", Lines(path, problems))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong where (never empty), in file order.
-        problems: Vec<Problem>,
-    },
-}
+pub use tether_wire::config_location::ConfigError;
 
 impl RelayConfig {
     /// Reads and validates the file at `path`.

@@ -61,6 +61,38 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, offset - line_start + 1)
 }
 
+/// A configuration file that cannot be used, with where and why: the one
+/// error type of both binaries' configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read. The reason is part of the message and
+    /// not exposed as `source()`, so that printing the chain does not say
+    /// it twice.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: std::io::Error,
+    },
+    /// The first TOML syntax, unknown-key or type error, or every value
+    /// that parses but does not make sense, each at its key, in file order.
+    #[error("{}", Lines(path, problems))]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong where (never empty).
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems on one line, `; `-separated, for a log line.
+    pub fn one_line(&self) -> String {
+        self.to_string().replace('\n', "; ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::line_col;
