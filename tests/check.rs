@@ -19,11 +19,7 @@ fn check(config_text: &str) -> (bool, String) {
         .env_remove("http_proxy")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     (out.status.success(), text)
 }
 
@@ -106,11 +102,7 @@ async fn check_reports_secrets_a_header_cannot_carry_as_unusable() {
         .env_remove("http_proxy")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     assert!(!out.status.success(), "{text}");
     for line in [
         "secret split (file): error",

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{bin, free_port};
+use support::{all_output, bin, free_port};
 
 /// `tether-agent check [--offline]` on `text`: (exit code, stdout+stderr,
 /// the config's path).
@@ -37,11 +37,7 @@ fn check(dir: &Path, text: &str, offline: bool) -> (Option<i32>, String, String)
         .env_remove("https_proxy")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     (out.status.code(), text, path.display().to_string())
 }
 

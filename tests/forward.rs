@@ -295,14 +295,7 @@ async fn run(program: &str, args: Vec<String>, env: Vec<(&'static str, String)>)
             .envs(env)
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}"));
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), all_output(&out))
     })
     .await
     .unwrap()

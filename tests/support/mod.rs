@@ -544,6 +544,15 @@ pub use calls::*;
 #[allow(unused_imports)]
 pub use peers::{Moto, OpenBao, Postgres};
 
+/// What a finished process printed, stdout then stderr.
+pub fn all_output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
