@@ -17,13 +17,16 @@
 # cargo install). Everything is stopped by PID.
 #
 # Usage: bench/run.sh [--quick]   (--quick: 1 run of 1 s per cell, no
-# 1 GiB transfers: a smoke test). RUNS=N overrides the number of runs.
+# 1 GiB transfers: a smoke test). RUNS=N overrides the number of runs;
+# SECS=N the seconds per cell. BEFORE_BIN=dir adds a path "before": a
+# second relay + agent from the binaries in dir (an earlier build), in the
+# same alternating runs, for before/after tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=false
 [[ "${1:-}" == "--quick" ]] && quick=true
-secs=5; runs=${RUNS:-5}
-$quick && { secs=1; runs=${RUNS:-1}; }
+secs=${SECS:-5}; runs=${RUNS:-5}
+$quick && { secs=${SECS:-1}; runs=${RUNS:-1}; }
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 if ! command -v rathole >/dev/null; then
@@ -47,9 +50,19 @@ cleanup() {
   for pid in "${extra_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${extra_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   stack_stop
-  rm -rf "$STACK_WORK"
+  rm -rf "$STACK_WORK" "${before_work:-}"
 }
 trap cleanup EXIT
+if [[ -n "${BEFORE_BIN:-}" ]]; then
+  # The earlier build first, in a work dir of its own; its addresses and
+  # PIDs are kept before the current build's stack overwrites them.
+  main_work=$STACK_WORK main_bin=$STACK_BIN
+  STACK_BIN=$BEFORE_BIN STACK_WORK=$(mktemp -d)
+  before_work=$STACK_WORK
+  stack_start
+  BEFORE_PUBLIC=$PUBLIC BEFORE_KEY=$KEY BEFORE_RELAY_PID=$RELAY_PID BEFORE_AGENT_PID=$AGENT_PID
+  STACK_BIN=$main_bin STACK_WORK=$main_work
+fi
 stack_start
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -96,7 +109,17 @@ declare -A base=(
   [bore]="http://127.0.0.1:$bore_port"
 )
 paths=(direct tether rathole bore)
-auth_for() { [[ "$1" == tether ]] && echo "Proxy-Authorization: Bearer $KEY" || echo "X-Bench: 1"; }
+if [[ -n "${BEFORE_BIN:-}" ]]; then
+  base[before]="http://$BEFORE_PUBLIC/v1/routes/sample"
+  paths=(direct tether before rathole bore)
+fi
+auth_for() {
+  case $1 in
+    tether) echo "Proxy-Authorization: Bearer $KEY" ;;
+    before) echo "Proxy-Authorization: Bearer $BEFORE_KEY" ;;
+    *) echo "X-Bench: 1" ;;
+  esac
+}
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 idle_relay=$(rss "$RELAY_PID"); idle_agent=$(rss "$AGENT_PID")
@@ -112,6 +135,7 @@ declare -A procs=(
   [rathole]="$RH_SERVER_PID $RH_CLIENT_PID"
   [bore]="$BORE_SERVER_PID $BORE_CLIENT_PID"
 )
+[[ -n "${BEFORE_BIN:-}" ]] && procs[before]="$BEFORE_RELAY_PID $BEFORE_AGENT_PID"
 clk=$(getconf CLK_TCK)
 # utime+stime of the given PIDs, in clock ticks.
 cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }

@@ -50,6 +50,7 @@ pub mod secret;
 pub mod secrets;
 pub mod tunnel;
 pub mod upstream;
+pub mod ws_client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

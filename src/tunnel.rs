@@ -10,7 +10,6 @@ use http::{HeaderValue, Uri, header};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tether_wire::WsIo;
 use tether_wire::protocol::{self, header as th};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -24,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::config::{AgentConfig, TokenSource};
 use crate::dispatch::{Dispatcher, SessionSignals};
 use crate::secret::SecretString;
+use crate::ws_client::{HandshakeError, SessionIo};
 
 /// A session that lasted this long resets the backoff, so the first
 /// attempt after it ends comes within `BACKOFF_BASE`.
@@ -265,7 +265,7 @@ impl Slot {
     /// Opens a session with the token in use; if the relay refuses it
     /// (401) and it may be a token the relay pushed, retries with the
     /// previous one (see [`crate::rotation`]).
-    async fn dial(&self) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+    async fn dial(&self) -> Result<(SessionIo, Option<String>), DialError> {
         let token = read_token(&self.config.relay.token).await?;
         match dial_timed(&self.config, &self.tls, &token).await {
             Err(refused @ DialError::Refused { status: 401, .. }) => {
@@ -289,7 +289,7 @@ impl Slot {
         &self,
         refused: &SecretString,
         refusal: DialError,
-    ) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+    ) -> Result<(SessionIo, Option<String>), DialError> {
         let (true, TokenSource::File(path)) =
             (self.config.relay.accept_rotation, &self.config.relay.token)
         else {
@@ -323,7 +323,7 @@ impl Slot {
         }
     }
 
-    fn spawn_session(&self, io: WsIo<Box<dyn Io>>) -> Live {
+    fn spawn_session(&self, io: SessionIo) -> Live {
         let drain = CancellationToken::new();
         let config = self.config.clone();
         let dispatcher = self.dispatcher.clone();
@@ -384,7 +384,7 @@ pub async fn watch_token(
 /// Serves HTTP/2 over an established WebSocket until it ends; on shutdown
 /// sends GOAWAY and lets streams in flight finish (bounded).
 async fn serve_session(
-    io: WsIo<Box<dyn Io>>,
+    io: SessionIo,
     config: &AgentConfig,
     dispatcher: watch::Receiver<Arc<Dispatcher>>,
     drain: &CancellationToken,
@@ -435,7 +435,7 @@ async fn dial_timed(
     config: &AgentConfig,
     tls: &Arc<rustls::ClientConfig>,
     token: &SecretString,
-) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+) -> Result<(SessionIo, Option<String>), DialError> {
     tokio::time::timeout(DIAL_TIMEOUT, dial(config, tls, token))
         .await
         .unwrap_or(Err(DialError::Timeout(DIAL_TIMEOUT)))
@@ -447,7 +447,7 @@ async fn dial(
     config: &AgentConfig,
     tls: &Arc<rustls::ClientConfig>,
     token: &SecretString,
-) -> Result<(WsIo<Box<dyn Io>>, Option<String>), DialError> {
+) -> Result<(SessionIo, Option<String>), DialError> {
     let url = &config.relay.url;
     let secure = url.scheme_str() == Some("wss");
     let host = url.host().unwrap_or_default().to_owned();
@@ -479,13 +479,10 @@ async fn dial(
     };
 
     let request = handshake_request(url, token, config)?;
-    let ws_config = tether_wire::ws_io::session_config();
-    let (ws, response) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
-            .await
-            .map_err(refusal)?;
-    let agreed = response
-        .headers()
+    let (io, headers) = crate::ws_client::handshake(stream, request)
+        .await
+        .map_err(refusal)?;
+    let agreed = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     if agreed != Some(protocol::SUBPROTOCOL_V1) {
@@ -494,12 +491,11 @@ async fn dial(
             protocol::SUBPROTOCOL_V1
         )));
     }
-    let replica = response
-        .headers()
+    let replica = headers
         .get(protocol::header::REPLICA)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    Ok((WsIo::new(ws), replica))
+    Ok((io, replica))
 }
 
 fn handshake_request(
@@ -534,31 +530,18 @@ fn handshake_request(
     Ok(request)
 }
 
-fn refusal(e: tokio_tungstenite::tungstenite::Error) -> DialError {
-    use tokio_tungstenite::tungstenite::Error;
+fn refusal(e: HandshakeError) -> DialError {
     match e {
-        Error::Http(response) => {
-            let status = response.status().as_u16();
+        HandshakeError::Refused { status, body } => {
+            let status = status.as_u16();
             let hint = match status {
                 401 => " (token invalid, revoked or expired)",
                 426 => " (this agent is too old for the relay: its protocol or its version)",
                 429 => " (rate limited)",
                 _ => "",
             };
-            // Relay-chosen text, bound for the log: no control characters.
-            let body = response
-                .body()
-                .as_deref()
-                .map(|b| {
-                    String::from_utf8_lossy(&b[..b.len().min(512)])
-                        .chars()
-                        .map(|c| if c.is_control() { ' ' } else { c })
-                        .collect()
-                })
-                .unwrap_or_default();
             DialError::Refused { status, hint, body }
         }
-        Error::Io(e) => DialError::Handshake(e.to_string()),
         other => DialError::Handshake(other.to_string()),
     }
 }

@@ -17,10 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tether_wire::protocol::{self, AgentInfo, header as th};
+use tether_wire::ws_io::Role;
 use tether_wire::{BoxBody, ErrorCode, Problem, WsIo, empty_body};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::State;
 use crate::admission::{self, Entrance};
@@ -176,10 +175,6 @@ async fn run_session(
             return;
         }
     };
-    let ws_config = tether_wire::ws_io::session_config();
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
     let agents = &state.config.agents;
     let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -190,7 +185,10 @@ async fn run_session(
         // The agent bounds every header block it sends to this (hyper's
         // default, 16 KiB, is below what the agent lets through).
         .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)
-        .handshake::<_, BoxBody>(TokioIo::new(WsIo::new(ws)))
+        .handshake::<_, BoxBody>(TokioIo::new(WsIo::new(
+            TokioIo::new(upgraded),
+            Role::Server,
+        )))
         .await;
     let (sender, connection) = match handshake {
         Ok(pair) => pair,

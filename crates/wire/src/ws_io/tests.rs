@@ -1,0 +1,289 @@
+//! The adapter against tungstenite as the peer (an independent RFC 6455
+//! implementation, and the one older agents and relays use), and against
+//! itself.
+
+use super::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+
+/// Our end as `role`, tungstenite as the other end.
+async fn pair(role: Role) -> (WsIo<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (a, b) = duplex(64 * 1024);
+    let peer_role = match role {
+        Role::Client => WsRole::Server,
+        Role::Server => WsRole::Client,
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(SESSION_MAX_MESSAGE))
+        .max_frame_size(Some(SESSION_MAX_MESSAGE));
+    let peer = WebSocketStream::from_raw_socket(b, peer_role, Some(config)).await;
+    (WsIo::new(a, role), peer)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len as u32).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn partial_reads_return_a_message_across_calls() {
+    for role in [Role::Client, Role::Server] {
+        let (mut io, mut peer) = pair(role).await;
+        peer.send(Message::Binary(Bytes::from_static(b"hello world")))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 3];
+        while out.len() < 11 {
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0 && n <= 3, "read {n} bytes into a 3-byte buffer");
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(out, b"hello world");
+    }
+}
+
+#[tokio::test]
+async fn large_writes_are_split_into_bounded_frames_and_arrive_whole() {
+    for role in [Role::Client, Role::Server] {
+        let (a, b) = duplex(64 * 1024);
+        let mut io = WsIo::with_max_message(a, role, 16 * 1024);
+        let peer_role = if role == Role::Client {
+            WsRole::Server
+        } else {
+            WsRole::Client
+        };
+        let mut peer = WebSocketStream::from_raw_socket(b, peer_role, None).await;
+        let data = pattern(1_000_000);
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            io.write_all(&data).await.unwrap();
+            io.flush().await.unwrap();
+            io
+        });
+        let mut received = Vec::new();
+        let mut messages = 0;
+        while received.len() < expected.len() {
+            match peer.next().await.unwrap().unwrap() {
+                Message::Binary(b) => {
+                    assert!(b.len() <= 16 * 1024, "message of {} bytes", b.len());
+                    messages += 1;
+                    received.extend_from_slice(&b);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(received, expected);
+        assert!(messages >= 1_000_000 / (16 * 1024));
+    }
+}
+
+#[tokio::test]
+async fn a_vectored_write_is_one_frame_and_arrives_in_order() {
+    let (mut io, mut peer) = pair(Role::Client).await;
+    let parts = [
+        IoSlice::new(b"head:"),
+        IoSlice::new(b""),
+        IoSlice::new(b"payload"),
+    ];
+    let n = io.write_vectored(&parts).await.unwrap();
+    assert_eq!(n, 12);
+    io.flush().await.unwrap();
+    assert_eq!(
+        peer.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"head:payload"))
+    );
+}
+
+#[tokio::test]
+async fn megabytes_cross_both_ways_between_two_adapters_byte_exact() {
+    let (a, b) = duplex(32 * 1024);
+    let up = pattern(3 * 1024 * 1024 + 17);
+    let down: Vec<u8> = up.iter().rev().copied().collect();
+    // Each end writes its bytes while reading the other's.
+    async fn exchange(io: WsIo<DuplexStream>, send: Vec<u8>, expect: usize) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(io);
+        let write = async {
+            w.write_all(&send).await.unwrap();
+            w.flush().await.unwrap();
+        };
+        let mut got = vec![0u8; expect];
+        let (_, read) = tokio::join!(write, r.read_exact(&mut got));
+        read.unwrap();
+        got
+    }
+    let client = tokio::spawn(exchange(WsIo::new(a, Role::Client), up.clone(), down.len()));
+    let at_server = exchange(WsIo::new(b, Role::Server), down.clone(), up.len()).await;
+    assert!(at_server == up, "client → server bytes differ");
+    assert!(
+        client.await.unwrap() == down,
+        "server → client bytes differ"
+    );
+}
+
+#[tokio::test]
+async fn a_fragmented_message_reads_as_its_bytes() {
+    let (a, mut raw) = duplex(1024);
+    let mut io = WsIo::new(a, Role::Client);
+    // Binary "ab" without FIN, a ping between fragments, then "cd" with FIN.
+    raw.write_all(&[0x02, 0x02, b'a', b'b', 0x89, 0x00, 0x80, 0x02, b'c', b'd'])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"abcd");
+}
+
+#[tokio::test]
+async fn close_frame_reads_as_eof_and_shutdown_sends_close() {
+    let (mut io, mut peer) = pair(Role::Client).await;
+    peer.send(Message::Binary(Bytes::from_static(b"last")))
+        .await
+        .unwrap();
+    peer.close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    io.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all, b"last");
+    // Reading again stays at EOF, and the close was answered with its code.
+    assert_eq!(io.read(&mut [0u8; 8]).await.unwrap(), 0);
+    io.flush().await.unwrap();
+    match peer.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        None | Some(Err(_)) => {} // tungstenite ends the stream after the echo
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let (mut io, mut peer) = pair(Role::Server).await;
+    io.write_all(b"bye").await.unwrap();
+    io.shutdown().await.unwrap();
+    assert_eq!(
+        peer.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"bye"))
+    );
+    match peer.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pings_are_answered_and_never_read_as_data() {
+    for role in [Role::Client, Role::Server] {
+        let (mut io, mut peer) = pair(role).await;
+        peer.send(Message::Ping(Bytes::from_static(b"p1")))
+            .await
+            .unwrap();
+        peer.send(Message::Pong(Bytes::from_static(b"stray")))
+            .await
+            .unwrap();
+        peer.send(Message::Binary(Bytes::from_static(b"data")))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"data");
+        // The pong was sent when the ping was read, before any data.
+        io.write_all(b"x").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(
+            peer.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"p1"))
+        );
+        assert_eq!(
+            peer.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"x"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn text_message_is_invalid_data() {
+    let (mut io, mut peer) = pair(Role::Client).await;
+    peer.send(Message::text("nope")).await.unwrap();
+    let err = io.read(&mut [0u8; 8]).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn frames_that_break_the_rules_are_errors_not_panics() {
+    let cases: &[(&str, Role, &[u8])] = &[
+        ("reserved opcode", Role::Client, &[0x83, 0x02, 0xde, 0xad]),
+        ("reserved bits", Role::Client, &[0xC2, 0x00]),
+        (
+            "unmasked frame to a server",
+            Role::Server,
+            &[0x82, 0x01, 0x00],
+        ),
+        (
+            "masked frame to a client",
+            Role::Client,
+            &[0x82, 0x81, 1, 2, 3, 4, 0],
+        ),
+        ("continuation first", Role::Client, &[0x80, 0x01, 0x00]),
+        (
+            "binary inside a message",
+            Role::Client,
+            &[0x02, 0x00, 0x82, 0x00],
+        ),
+        // 2 MiB in one frame, and 1 MiB + 1 across two fragments.
+        (
+            "oversized frame",
+            Role::Client,
+            &[0x82, 127, 0, 0, 0, 0, 0, 0x20, 0, 0],
+        ),
+        (
+            "oversized message",
+            Role::Client,
+            &[0x02, 127, 0, 0, 0, 0, 0, 0x10, 0, 0],
+        ),
+        ("ended inside a frame", Role::Client, &[0x82, 0x05, b'a']),
+    ];
+    for (what, role, bytes) in cases {
+        let (a, mut raw) = duplex(4 * 1024 * 1024);
+        let mut io = WsIo::new(a, *role);
+        raw.write_all(bytes).await.unwrap();
+        if *what == "oversized message" {
+            // The first fragment's megabyte, then one byte more.
+            raw.write_all(&vec![0u8; SESSION_MAX_MESSAGE])
+                .await
+                .unwrap();
+            raw.write_all(&[0x80, 0x01, 0x00]).await.unwrap();
+        }
+        drop(raw);
+        let mut sink = Vec::new();
+        let err = io.read_to_end(&mut sink).await.unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_end_of_the_socket_between_frames_is_eof() {
+    let (mut io, peer) = pair(Role::Client).await;
+    drop(peer);
+    let mut all = Vec::new();
+    assert_eq!(io.read_to_end(&mut all).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn write_after_peer_vanished_is_an_error() {
+    let (mut io, peer) = pair(Role::Client).await;
+    drop(peer);
+    io.write_all(b"into the void").await.unwrap();
+    assert!(io.flush().await.is_err());
+}
