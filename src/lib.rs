@@ -45,6 +45,7 @@ pub mod identity;
 mod inject;
 pub mod metrics;
 pub mod policy;
+pub mod reconnect;
 pub mod rotation;
 pub mod secret;
 pub mod secrets;
