@@ -24,7 +24,7 @@ use crate::State;
 use crate::call::{Call, Destination};
 use crate::cluster::{Cluster, PeerError, PeerOutcome};
 use crate::registry::SelectError;
-use crate::replay::{Loss, Replay};
+use crate::replay::{Loss, Replay, Verdict};
 use crate::request_body::{BodyFault, BodyWatch};
 
 /// Sessions (or peers) tried for one request before giving up.
@@ -165,10 +165,10 @@ impl Call {
                 }
                 Err(PeerError::Lost(e)) => {
                     state.metrics.peer_forwarded("lost");
-                    match (Loss::of(&e, body), again()) {
-                        (Loss::Body(fault), _) => return self.body_failed(fault),
-                        (Loss::SessionLost, Some(again)) => request = again,
-                        (loss, _) => {
+                    match Loss::of(&e, body).verdict(replay.as_ref()) {
+                        Verdict::Answer(fault) => return self.body_failed(fault),
+                        Verdict::Resend(again) => request = again.request(),
+                        Verdict::Lost(loss) => {
                             tracing::info!(request_id = %self.request_id, replica = %target.replica,
                                 error = %e, ?loss, "request lost with its peer replica; not re-sent");
                             return self.fail(
@@ -235,22 +235,22 @@ impl Call {
                         request = unsent;
                         continue;
                     }
-                    match (Loss::of(e.error(), body), replay.as_ref()) {
-                        (Loss::Body(fault), _) => {
+                    match Loss::of(e.error(), body).verdict(replay.as_ref()) {
+                        Verdict::Answer(fault) => {
                             return Dispatched::Reached(self.body_failed(fault));
                         }
-                        (Loss::SessionLost, Some(again)) => {
+                        Verdict::Resend(again) => {
                             tracing::debug!(request_id = %self.request_id, session = session.id,
                                 error = %e.error(), "idempotent request lost with its session; re-sending");
                             request = again.request();
                             continue;
                         }
-                        (Loss::Refused(why), _) => {
+                        Verdict::Lost(Loss::Refused(why)) => {
                             tracing::warn!(request_id = %self.request_id, agent = %session.info.name,
                                 session = session.id, error = %why,
                                 "the agent sent what HTTP/2 refuses (e.g. a header block over the session's limit); request not re-sent");
                         }
-                        (Loss::SessionLost, None) => {
+                        Verdict::Lost(_) => {
                             tracing::info!(request_id = %self.request_id, agent = %session.info.name,
                                 error = %e.error(), "request lost with its agent session");
                         }
