@@ -8,17 +8,12 @@
 //! pass for a relay's signal — neither to a caller nor to a peer replica
 //! (see [`crate::cluster::PeerOutcome`]).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tether_wire::body::FilteredTrailers;
+use tether_wire::body::{FilteredTrailers, GuardedBody};
 use tether_wire::headers::{header_list_size, strip_hop_by_hop, strip_tether};
 use tether_wire::protocol::{self, header as th};
-use tether_wire::{BoxBody, BoxError, ErrorCode};
+use tether_wire::{BoxBody, ErrorCode};
 
 use crate::State;
 use crate::call::{Call, Destination};
@@ -128,10 +123,7 @@ impl Call {
                     state.metrics.peer_forwarded("answered");
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    let body = InFlightBody {
-                        inner: FilteredTrailers::new(body).boxed(),
-                        _in_flight: in_flight,
-                    };
+                    let body = GuardedBody::new(FilteredTrailers::new(body), in_flight);
                     return Response::from_parts(parts, body.boxed());
                 }
                 Ok((PeerOutcome::NoAgentHere(response), _)) => {
@@ -269,10 +261,7 @@ impl Call {
                 parts.headers.insert(th::AGENT, v);
             }
             self.stamp(&mut parts.headers);
-            let body = InFlightBody {
-                inner: FilteredTrailers::new(body).boxed(),
-                _in_flight: in_flight,
-            };
+            let body = GuardedBody::new(FilteredTrailers::new(body), in_flight);
             return Dispatched::Reached(Response::from_parts(parts, body.boxed()));
         }
         Dispatched::NoAgentHere(self.fail(
@@ -366,31 +355,4 @@ async fn wait_for_session(state: &State, to: &Destination<'_>, tried: &[u64]) {
         }
     };
     let _ = tokio::time::timeout(REPLACEMENT_WAIT, arrived).await;
-}
-
-/// A response body that keeps its request counted as in flight until the
-/// body is finished or dropped, so agent selection sees real load.
-struct InFlightBody<G> {
-    inner: BoxBody,
-    _in_flight: G,
-}
-
-impl<G: Unpin> Body for InFlightBody<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -6,7 +6,8 @@
 //! - [`problem`]: the stable error codes and their `application/problem+json`
 //!   rendering, used by both sides for every error they generate.
 //! - [`headers`]: hop-by-hop and `Tether-*` header removal, trailer hygiene.
-//! - [`body`]: [`body::FilteredTrailers`], trailer hygiene on any body.
+//! - [`body`]: [`body::FilteredTrailers`], trailer hygiene on any body;
+//!   [`body::GuardedBody`], a guard held until a body ends.
 //! - [`target`]: which request targets (RFC 3986 bytes) are accepted.
 //! - [`cli`]: logging set-up and signal handling both binaries share.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
