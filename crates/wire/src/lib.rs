@@ -11,6 +11,8 @@
 //! - [`target`]: which request targets (RFC 3986 bytes) are accepted.
 //! - [`cli`]: logging set-up and signal handling both binaries share.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
+//! - [`pem`]: certificates, keys and CA bundles for rustls, with typed
+//!   errors; the relay's listener and the agent's clients are built here.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
 //! - [`serve`]: the HTTP accept loop every listener uses.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
@@ -26,6 +28,7 @@ pub mod config_location;
 pub mod headers;
 pub mod metrics;
 pub mod notify;
+pub mod pem;
 pub mod problem;
 pub mod protocol;
 pub mod serve;
