@@ -140,28 +140,38 @@ clk=$(getconf CLK_TCK)
 # utime+stime of the given PIDs, in clock ticks.
 cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
 
-# wrk → "rps p50_ms p99_ms cpu_us_per_request"
+# Context switches (voluntary + not) of every thread of the given PIDs:
+# the task hand-offs a request costs.
+ctx_switches() {
+  local pid
+  for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
+    awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
+# wrk → "rps p50_ms p99_ms cpu_us_per_request ctx_switches_per_request"
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 load() { # path conns url_suffix [extra header]
   local path=$1 conns=$2 suffix=$3 extra=${4:-"X-Bench: 1"} out
-  local pids=${procs[$path]} before after
+  local pids=${procs[$path]} before after cs_before cs_after
   # shellcheck disable=SC2086
-  before=$(cpu_ticks $pids)
+  before=$(cpu_ticks $pids); cs_before=$(ctx_switches $pids)
   out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$(auth_for "$path")" -H "$extra" "${base[$path]}$suffix" 2>&1)
   # shellcheck disable=SC2086
-  after=$(cpu_ticks $pids)
-  local rps p50 p99 errors requests cpu
+  after=$(cpu_ticks $pids); cs_after=$(ctx_switches $pids)
+  local rps p50 p99 errors requests cpu cs
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   cpu=$(awk -v d=$((after - before)) -v n="${requests:-0}" -v hz="$clk" \
     'BEGIN { if (n > 0 && d >= 0) printf "%.1f", d * 1e6 / hz / n; else print "-" }')
-  [[ -z $pids ]] && cpu="-"
+  cs=$(awk -v d=$((cs_after - cs_before)) -v n="${requests:-0}" \
+    'BEGIN { if (n > 0) printf "%.2f", d / n; else print "-" }')
+  [[ -z $pids ]] && { cpu="-"; cs="-"; }
   errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
-  echo "$path $conns $suffix: $rps $p50 $p99 cpu_us=$cpu ${errors:-}" >>"$STACK_WORK/raw.txt"
+  echo "$path $conns $suffix: $rps $p50 $p99 cpu_us=$cpu ctx_switches=$cs ${errors:-}" >>"$STACK_WORK/raw.txt"
   echo "$out" >>"$STACK_WORK/raw.txt"
-  echo "$rps $p50 $p99 $cpu"
+  echo "$rps $p50 $p99 $cpu $cs"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 # "median (min–max)" of numbers on stdin, one a line; "-" if none.
@@ -175,11 +185,11 @@ median() { median_range | awk '{print $1}'; }
 
 scenario() { # title conns suffix extra-header
   local title=$1 conns=$2 suffix=$3 extra=${4:-"X-Bench: 1"} r path
-  declare -A rps=() p50=() p99=() cpu=()
+  declare -A rps=() p50=() p99=() cpu=() cs=()
   for ((r = 1; r <= runs; r++)); do
     for path in "${paths[@]}"; do
-      read -r a b c d < <(load "$path" "$conns" "$suffix" "$extra")
-      rps[$path]+="$a "; p50[$path]+="$b "; p99[$path]+="$c "; cpu[$path]+="$d "
+      read -r a b c d e < <(load "$path" "$conns" "$suffix" "$extra")
+      rps[$path]+="$a "; p50[$path]+="$b "; p99[$path]+="$c "; cpu[$path]+="$d "; cs[$path]+="$e "
     done
   done
   local direct_rps rathole_rps rathole_cpu
@@ -189,13 +199,13 @@ scenario() { # title conns suffix extra-header
   echo
   echo "### $title"
   echo
-  echo "| path | req/s | ÷ direct | ÷ rathole | p50 ms | p99 ms | CPU µs/request | CPU ÷ rathole |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| path | req/s | ÷ direct | ÷ rathole | p50 ms | p99 ms | CPU µs/request | CPU ÷ rathole | context switches/request |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for path in "${paths[@]}"; do
     local m c
     m=$(tr ' ' '\n' <<<"${rps[$path]}" | median)
     c=$(tr ' ' '\n' <<<"${cpu[$path]}" | median)
-    echo "| $path | $(tr ' ' '\n' <<<"${rps[$path]}" | median_range) | $(ratio "$m" "$direct_rps") | $(ratio "$m" "$rathole_rps") | $(tr ' ' '\n' <<<"${p50[$path]}" | median) | $(tr ' ' '\n' <<<"${p99[$path]}" | median) | $(tr ' ' '\n' <<<"${cpu[$path]}" | median_range) | $(ratio "$c" "$rathole_cpu") |"
+    echo "| $path | $(tr ' ' '\n' <<<"${rps[$path]}" | median_range) | $(ratio "$m" "$direct_rps") | $(ratio "$m" "$rathole_rps") | $(tr ' ' '\n' <<<"${p50[$path]}" | median) | $(tr ' ' '\n' <<<"${p99[$path]}" | median) | $(tr ' ' '\n' <<<"${cpu[$path]}" | median_range) | $(ratio "$c" "$rathole_cpu") | $(tr ' ' '\n' <<<"${cs[$path]}" | median) |"
   done
 }
 

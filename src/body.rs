@@ -1,7 +1,8 @@
 //! The body adapter on both directions of a relayed request: it counts the
-//! bytes for the audit line, applies [`crate::hygiene`]'s trailer rules,
-//! and (on the response) carries the pending audit record, written when
-//! the body ends or is dropped.
+//! bytes for the audit line and applies [`crate::hygiene`]'s trailer
+//! rules. On the response, the pending audit record rides along in a
+//! [`GuardedBody`](tether_wire::body::GuardedBody), written when the body
+//! ends or is dropped.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use http::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 use tether_wire::{BoxBody, BoxError};
 
-use crate::audit::{self, PendingRecord};
+use crate::audit;
 use crate::hygiene;
 
 /// Which way a [`Counted`] body flows, and the trailer rule of that way.
@@ -32,23 +33,15 @@ pub struct Counted {
     inner: BoxBody,
     bytes: Arc<audit::Bytes>,
     direction: Direction,
-    /// Held until the body ends: dropping it writes the audit line.
-    _pending: Option<PendingRecord>,
 }
 
 impl Counted {
-    /// Wraps `inner`; `pending` is written when this body is dropped.
-    pub fn new(
-        inner: BoxBody,
-        bytes: Arc<audit::Bytes>,
-        direction: Direction,
-        pending: Option<PendingRecord>,
-    ) -> Self {
+    /// Wraps `inner`, counting into `bytes`.
+    pub fn new(inner: BoxBody, bytes: Arc<audit::Bytes>, direction: Direction) -> Self {
         Self {
             inner,
             bytes,
             direction,
-            _pending: pending,
         }
     }
 

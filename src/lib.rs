@@ -45,6 +45,7 @@ pub mod identity;
 mod inject;
 pub mod metrics;
 pub mod policy;
+pub mod reconnect;
 pub mod rotation;
 pub mod secret;
 pub mod secrets;
@@ -240,11 +241,12 @@ const AUDIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// TLS towards the relay: system roots plus `[relay] ca_file`, the client
 /// certificate if configured, HTTP/1.1 (the WebSocket upgrade).
 pub fn relay_tls_config(config: &AgentConfig) -> Result<rustls::ClientConfig, TlsConfigError> {
-    let roots = upstream::root_store(config.relay.ca_file.as_deref())?;
-    let mut tls = match &config.relay.client_cert {
-        Some((cert, key)) => upstream::tls_client_config_with_cert(roots, cert, key)?,
-        None => upstream::tls_client_config(roots),
-    };
+    let client_cert = config
+        .relay
+        .client_cert
+        .as_ref()
+        .map(|(cert, key)| (cert.as_path(), key.as_path()));
+    let mut tls = upstream::tls_client_config(config.relay.ca_file.as_deref(), client_cert)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
 }

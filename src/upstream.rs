@@ -14,8 +14,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tether_wire::BoxBody;
 
 /// The client type used for every upstream.
@@ -24,15 +22,9 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 /// How long a TCP connect to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a trust configuration could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct TlsConfigError {
-    /// The CA file.
-    pub path: PathBuf,
-    /// What is wrong with it.
-    pub message: String,
-}
+/// Why a trust configuration could not be built: the file and what is
+/// wrong with it (tether-wire's one PEM loader, shared with the relay).
+pub type TlsConfigError = tether_wire::pem::PemError;
 
 /// Builds and shares clients by CA file.
 #[derive(Default)]
@@ -61,68 +53,24 @@ pub fn root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsConfigError>
         let _ = roots.add(cert);
     }
     if let Some(path) = extra {
-        let err = |message: String| TlsConfigError {
-            path: path.to_owned(),
-            message,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificate found".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| err(e.to_string()))?;
-        }
+        tether_wire::pem::add_ca_bundle(&mut roots, path)?;
     }
     Ok(roots)
 }
 
-/// A rustls client config with the ring provider and `roots`.
-pub fn tls_client_config(roots: RootCertStore) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
-/// Like [`tls_client_config`], presenting the certificate chain in
-/// `cert_file` with the private key in `key_file` (PEM) to servers that
-/// ask for one (mTLS).
-pub fn tls_client_config_with_cert(
-    roots: RootCertStore,
-    cert_file: &Path,
-    key_file: &Path,
+/// A rustls client config (ring) trusting the system roots plus the CA
+/// bundle `ca_file`, presenting `client_cert` (certificate file, key
+/// file) to servers that ask for one (mTLS).
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
-    use rustls_pki_types::PrivateKeyDer;
-    use rustls_pki_types::pem::PemObject;
-    let err = |path: &Path, message: String| TlsConfigError {
-        path: path.to_owned(),
-        message,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| err(cert_file, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(cert_file, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err(cert_file, "no PEM certificate found".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| err(key_file, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| err(key_file, e.to_string()))
+    tether_wire::pem::client_config(root_store(ca_file)?, client_cert)
 }
 
 fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
     Ok(pooled(
-        tls_client_config(root_store(ca_file)?),
+        tls_client_config(ca_file, None)?,
         HttpConnector::new(),
     ))
 }
@@ -232,7 +180,7 @@ pub type ForwardClient = Client<HttpsConnector<HttpConnector<PinnedResolver>>, B
 /// Builds the forward client over `pins`.
 pub fn forward_client(pins: Pins) -> Result<ForwardClient, TlsConfigError> {
     Ok(pooled(
-        tls_client_config(root_store(None)?),
+        tls_client_config(None, None)?,
         HttpConnector::new_with_resolver(PinnedResolver(pins)),
     ))
 }

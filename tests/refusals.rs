@@ -5,16 +5,15 @@ mod support;
 use http::{Request, StatusCode};
 use support::*;
 
+// In process: nothing here needs a process of its own.
 #[tokio::test]
 async fn policy_denies_path_method_and_dot_dot() {
-    let upstream = Upstream::start().await;
-    let relay = Relay::start("");
-    let token = relay.token("acme");
-    let key = relay.key("acme");
-    let routes = upstream.route("api", r#"["GET"]"#, r#"["/echo/allowed/**"]"#);
-    let _agent = Agent::start(&relay.agent_url(), &token, "a", &routes);
-    relay.wait_sessions(2).await;
-    let auth = format!("Bearer {key}");
+    let s = in_process::stack()
+        .route("api", r#"["GET"]"#, r#"["/echo/allowed/**"]"#)
+        .start()
+        .await;
+    let relay = &s.relay;
+    let auth = format!("Bearer {}", s.key);
     let h = [("proxy-authorization", auth.as_str())];
 
     let (status, _, _) = get(&relay.url("/v1/routes/api/echo/allowed/x"), &h).await;
@@ -43,9 +42,10 @@ async fn policy_denies_path_method_and_dot_dot() {
     assert!(String::from_utf8_lossy(&body).contains("method POST"));
 }
 
+// In process: nothing here needs a process of its own.
 #[tokio::test]
 async fn missing_or_bad_key_is_401() {
-    let s = Stack::start().await;
+    let s = in_process::stack().start().await;
     let url = s.relay.url("/v1/routes/sample/echo");
     for headers in [
         vec![],

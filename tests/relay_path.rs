@@ -1,5 +1,5 @@
 //! End-to-end: caller → relay → agent → upstream and back, through the real
-//! binaries on 127.0.0.1.
+//! binaries on 127.0.0.1 (one test builds them in process instead).
 
 mod support;
 
@@ -11,9 +11,10 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use support::*;
 
+// In process: nothing here needs a process of its own.
 #[tokio::test]
 async fn path_and_query_reach_the_upstream_unchanged() {
-    let s = Stack::start().await;
+    let s = in_process::stack().start().await;
     let (k, v) = s.auth();
     let url = s.relay.url("/v1/routes/sample/echo/a/b?x=1&y=%20two&x=3");
     let (status, headers, body) = get(&url, &[(k, &v)]).await;

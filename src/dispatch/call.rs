@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tether_wire::body::GuardedBody;
 use tether_wire::headers::{strip_hop_by_hop, strip_tether};
 use tether_wire::{BoxBody, BoxError, ErrorCode, Problem};
 
@@ -90,7 +91,6 @@ impl Dispatcher {
             body.map_err(BoxError::from).boxed(),
             bytes.clone(),
             Direction::In { route_writes },
-            None,
         );
         let mut upstream_req = Request::from_parts(parts, body.boxed());
         let informational = hygiene::Informational::watch(&mut upstream_req);
@@ -147,12 +147,8 @@ impl Dispatcher {
             );
         }
         let pending = audit.pending(parts.status, bytes.clone());
-        let body = Counted::new(
-            body.map_err(BoxError::from).boxed(),
-            bytes,
-            Direction::Out,
-            Some(pending),
-        );
+        let body = Counted::new(body.map_err(BoxError::from).boxed(), bytes, Direction::Out);
+        let body = GuardedBody::new(body, pending);
         Response::from_parts(parts, body.boxed())
     }
 }

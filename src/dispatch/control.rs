@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tether_wire::protocol::{self, ResolveRequest, header as th};
 use tether_wire::{BoxBody, ErrorCode, Problem, full_body};
 
+use self::message::{ControlRequest, RESOLVE_BODY_LIMIT, read_json};
 use super::{Dispatcher, header_str};
 use crate::secrets::export::{self, Refusal};
+
+mod message;
 
 /// What a session learns from the control requests it serves; shared
 /// with the task that owns the session.
@@ -31,20 +33,20 @@ impl Dispatcher {
         req: Request<Incoming>,
         session: &SessionSignals,
     ) -> Response<BoxBody> {
-        match (req.method(), req.uri().path()) {
-            (&http::Method::POST, protocol::CONTROL_DRAINING_PATH) => {
+        match ControlRequest::of(req.method(), req.uri().path()) {
+            ControlRequest::Draining => {
                 // It concerns the session it came on, not the dispatcher.
                 session.relay_draining.notify_one();
                 let mut response = Response::new(tether_wire::empty_body());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response
             }
-            (&http::Method::POST, protocol::CONTROL_RESOLVE_PATH) => self.handle_resolve(req).await,
-            (&http::Method::POST, protocol::CONTROL_ROTATED_PATH) => {
+            ControlRequest::Resolve => self.handle_resolve(req).await,
+            ControlRequest::Rotated => {
                 let target = self.rotation_target.as_deref();
                 crate::rotation::handle_notice(req, target, self.audit.metrics()).await
             }
-            (_, protocol::CONTROL_INFO_PATH) => {
+            ControlRequest::Info => {
                 let body = serde_json::to_vec(&self.info).unwrap_or_default();
                 let mut response = Response::new(full_body(body));
                 response.headers_mut().insert(
@@ -57,7 +59,9 @@ impl Dispatcher {
                 session.registered.notify_one();
                 response
             }
-            _ => Problem::new(ErrorCode::BadRequest, "unknown control request").into_response(),
+            ControlRequest::Unknown => {
+                Problem::new(ErrorCode::BadRequest, "unknown control request").into_response()
+            }
         }
     }
 
@@ -71,14 +75,10 @@ impl Dispatcher {
         let problem = |code: ErrorCode, detail: String| {
             Problem::new(code, detail).with_request_id(request_id.clone())
         };
-        let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|c| c.to_bytes());
-        let request: ResolveRequest = match body.ok().and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(r) => r,
-            None => {
+        let request: ResolveRequest = match read_json(req.into_body(), RESOLVE_BODY_LIMIT).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(request_id = %request_id, error = %e, "resolve request refused");
                 audit.log(StatusCode::BAD_REQUEST, "bad_request");
                 return problem(
                     ErrorCode::BadRequest,

@@ -8,23 +8,18 @@
 //! pass for a relay's signal — neither to a caller nor to a peer replica
 //! (see [`crate::cluster::PeerOutcome`]).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tether_wire::body::FilteredTrailers;
+use tether_wire::body::{FilteredTrailers, GuardedBody};
 use tether_wire::headers::{header_list_size, strip_hop_by_hop, strip_tether};
 use tether_wire::protocol::{self, header as th};
-use tether_wire::{BoxBody, BoxError, ErrorCode};
+use tether_wire::{BoxBody, ErrorCode};
 
 use crate::State;
 use crate::call::{Call, Destination};
 use crate::cluster::{Cluster, PeerError, PeerOutcome};
 use crate::registry::SelectError;
-use crate::replay::{Loss, Replay};
+use crate::replay::{Loss, Replay, Verdict};
 use crate::request_body::{BodyFault, BodyWatch};
 
 /// Sessions (or peers) tried for one request before giving up.
@@ -128,10 +123,7 @@ impl Call {
                     state.metrics.peer_forwarded("answered");
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    let body = InFlightBody {
-                        inner: FilteredTrailers::new(body).boxed(),
-                        _in_flight: in_flight,
-                    };
+                    let body = GuardedBody::new(FilteredTrailers::new(body), in_flight);
                     return Response::from_parts(parts, body.boxed());
                 }
                 Ok((PeerOutcome::NoAgentHere(response), _)) => {
@@ -165,10 +157,10 @@ impl Call {
                 }
                 Err(PeerError::Lost(e)) => {
                     state.metrics.peer_forwarded("lost");
-                    match (Loss::of(&e, body), again()) {
-                        (Loss::Body(fault), _) => return self.body_failed(fault),
-                        (Loss::SessionLost, Some(again)) => request = again,
-                        (loss, _) => {
+                    match Loss::of(&e, body).verdict(replay.as_ref()) {
+                        Verdict::Answer(fault) => return self.body_failed(fault),
+                        Verdict::Resend(again) => request = again.request(),
+                        Verdict::Lost(loss) => {
                             tracing::info!(request_id = %self.request_id, replica = %target.replica,
                                 error = %e, ?loss, "request lost with its peer replica; not re-sent");
                             return self.fail(
@@ -235,22 +227,22 @@ impl Call {
                         request = unsent;
                         continue;
                     }
-                    match (Loss::of(e.error(), body), replay.as_ref()) {
-                        (Loss::Body(fault), _) => {
+                    match Loss::of(e.error(), body).verdict(replay.as_ref()) {
+                        Verdict::Answer(fault) => {
                             return Dispatched::Reached(self.body_failed(fault));
                         }
-                        (Loss::SessionLost, Some(again)) => {
+                        Verdict::Resend(again) => {
                             tracing::debug!(request_id = %self.request_id, session = session.id,
                                 error = %e.error(), "idempotent request lost with its session; re-sending");
                             request = again.request();
                             continue;
                         }
-                        (Loss::Refused(why), _) => {
+                        Verdict::Lost(Loss::Refused(why)) => {
                             tracing::warn!(request_id = %self.request_id, agent = %session.info.name,
                                 session = session.id, error = %why,
                                 "the agent sent what HTTP/2 refuses (e.g. a header block over the session's limit); request not re-sent");
                         }
-                        (Loss::SessionLost, None) => {
+                        Verdict::Lost(_) => {
                             tracing::info!(request_id = %self.request_id, agent = %session.info.name,
                                 error = %e.error(), "request lost with its agent session");
                         }
@@ -269,10 +261,7 @@ impl Call {
                 parts.headers.insert(th::AGENT, v);
             }
             self.stamp(&mut parts.headers);
-            let body = InFlightBody {
-                inner: FilteredTrailers::new(body).boxed(),
-                _in_flight: in_flight,
-            };
+            let body = GuardedBody::new(FilteredTrailers::new(body), in_flight);
             return Dispatched::Reached(Response::from_parts(parts, body.boxed()));
         }
         Dispatched::NoAgentHere(self.fail(
@@ -366,31 +355,4 @@ async fn wait_for_session(state: &State, to: &Destination<'_>, tried: &[u64]) {
         }
     };
     let _ = tokio::time::timeout(REPLACEMENT_WAIT, arrived).await;
-}
-
-/// A response body that keeps its request counted as in flight until the
-/// body is finished or dropped, so agent selection sees real load.
-struct InFlightBody<G> {
-    inner: BoxBody,
-    _in_flight: G,
-}
-
-impl<G: Unpin> Body for InFlightBody<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -98,7 +98,7 @@ pub enum RelayError {
     AdminKey(String),
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tether_wire::pem::PemError),
     /// Cluster mode could not start.
     #[error("[cluster] {0}")]
     Cluster(String),
@@ -323,27 +323,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
 }
 
 pub(crate) fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RelayError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| RelayError::Tls(format!("{}: {e}", tls.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(RelayError::Tls(format!(
-            "{}: no certificate found",
-            tls.cert_file.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| RelayError::Tls(format!("{}: {e}", tls.key_file.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RelayError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| RelayError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let config = tether_wire::pem::server_config(&tls.cert_file, &tls.key_file, alpn)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -73,14 +73,43 @@ impl Loss {
     /// Classifies the error of a request that was sent, given its body's
     /// watch.
     pub(crate) fn of(error: &hyper::Error, body: &BodyWatch) -> Self {
-        if let Some(fault) = body.fault() {
-            return Self::Body(fault);
-        }
-        if let Some(h2) = h2_error(error).filter(|h2| h2.is_library()) {
-            return Self::Refused(h2.to_string());
-        }
-        Self::SessionLost
+        let refused = h2_error(error)
+            .filter(|h2| h2.is_library())
+            .map(ToString::to_string);
+        Self::classify(body.fault(), refused)
     }
+
+    /// The loss, from what is known of it: the caller's body fault if it
+    /// failed (that comes first: hyper reports it as a reset of its own),
+    /// else what our HTTP/2 client refused, else the session went away.
+    fn classify(body_fault: Option<BodyFault>, refused_by_us: Option<String>) -> Self {
+        match (body_fault, refused_by_us) {
+            (Some(fault), _) => Self::Body(fault),
+            (None, Some(why)) => Self::Refused(why),
+            (None, None) => Self::SessionLost,
+        }
+    }
+
+    /// What becomes of the request: only a session lost under a request
+    /// that may be sent twice ([`Replay`]) sends it again.
+    pub(crate) fn verdict(self, replay: Option<&Replay>) -> Verdict<'_> {
+        match (self, replay) {
+            (Self::Body(fault), _) => Verdict::Answer(fault),
+            (Self::SessionLost, Some(again)) => Verdict::Resend(again),
+            (loss, _) => Verdict::Lost(loss),
+        }
+    }
+}
+
+/// What the dispatcher does with a request that was sent and got no
+/// response.
+pub(crate) enum Verdict<'r> {
+    /// Answer the caller about its body (413 or 400); never sent again.
+    Answer(BodyFault),
+    /// Send this head again, to another session or peer.
+    Resend(&'r Replay),
+    /// Give up: `502 agent_lost`. Why, for the log.
+    Lost(Loss),
 }
 
 /// The HTTP/2 error in `error`'s source chain, if any.
@@ -93,4 +122,94 @@ fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
         source = s.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, body: &'static str) -> Request<BoxBody> {
+        let mut request = Request::new(if body.is_empty() {
+            tether_wire::empty_body()
+        } else {
+            tether_wire::full_body(body)
+        });
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from_static("http://route.tether.invalid/build?x=1");
+        request
+            .headers_mut()
+            .insert("x-caller", http::HeaderValue::from_static("1"));
+        request
+    }
+
+    #[test]
+    fn only_bodiless_get_head_and_options_may_be_sent_twice() {
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(
+                Replay::of(&request(method.clone(), "")).is_some(),
+                "{method}"
+            );
+            assert!(
+                Replay::of(&request(method.clone(), "x")).is_none(),
+                "{method} with a body"
+            );
+        }
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert!(
+                Replay::of(&request(method.clone(), "")).is_none(),
+                "{method}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_replayed_request_has_the_same_head_and_no_body() {
+        let replay = Replay::of(&request(Method::GET, "")).unwrap();
+        let again = replay.request();
+        assert_eq!(again.method(), Method::GET);
+        assert_eq!(again.uri(), "http://route.tether.invalid/build?x=1");
+        assert_eq!(again.headers()["x-caller"], "1");
+        assert_eq!(again.version(), http::Version::HTTP_2);
+        assert!(again.body().is_end_stream());
+    }
+
+    #[test]
+    fn a_body_fault_is_the_loss_whatever_http2_said() {
+        let fault = BodyFault::TooLarge(10);
+        assert_eq!(
+            Loss::classify(Some(fault.clone()), Some("GOAWAY".into())),
+            Loss::Body(fault)
+        );
+        assert_eq!(
+            Loss::classify(None, Some("header list too big".into())),
+            Loss::Refused("header list too big".into())
+        );
+        assert_eq!(Loss::classify(None, None), Loss::SessionLost);
+    }
+
+    #[test]
+    fn only_a_lost_session_under_a_replayable_request_resends_it() {
+        let replay = Replay::of(&request(Method::GET, "")).unwrap();
+        assert!(matches!(
+            Loss::SessionLost.verdict(Some(&replay)),
+            Verdict::Resend(_)
+        ));
+        assert!(matches!(
+            Loss::SessionLost.verdict(None),
+            Verdict::Lost(Loss::SessionLost)
+        ));
+        // What our own client refused would break the next session too.
+        assert!(matches!(
+            Loss::Refused("too big".into()).verdict(Some(&replay)),
+            Verdict::Lost(Loss::Refused(_))
+        ));
+        // The caller's body is the caller's fault, answered, never resent.
+        let fault = BodyFault::Unreadable("bad chunk".into());
+        for replay in [Some(&replay), None] {
+            assert!(matches!(
+                Loss::Body(fault.clone()).verdict(replay),
+                Verdict::Answer(BodyFault::Unreadable(_))
+            ));
+        }
+    }
 }

@@ -66,8 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The token never changes here; the receiver just has to stay open.
     let (_token_changes, token_rx) = tokio::sync::watch::channel(0u64);
     let relay_tls = Arc::new({
-        let mut c =
-            tether_agent::upstream::tls_client_config(tether_agent::upstream::root_store(None)?);
+        let mut c = tether_agent::upstream::tls_client_config(None, None)?;
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         c
     });

@@ -1,4 +1,8 @@
 //! Body adapters both sides put on what they forward.
+//!
+//! - [`FilteredTrailers`]: trailer hygiene on any body.
+//! - [`GuardedBody`]: holds a guard (an in-flight count, a pending audit
+//!   record) until the body ends or is dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -80,6 +84,65 @@ where
     }
 }
 
+/// A body that holds `guard` until it ends or is dropped, whichever
+/// comes first: what keeps a request counted in flight (agent selection
+/// sees real load, a drain waits for it) or its audit line pending (the
+/// line is written with the bytes the body carried) for as long as the
+/// response streams.
+///
+/// The guard goes at the end of the stream (the poll that returns
+/// `None`), not only when the body is dropped: a body read to its end and
+/// kept does not count as in flight. An error does not release it; the
+/// body is dropped after one.
+#[derive(Debug)]
+pub struct GuardedBody<B, G> {
+    inner: B,
+    guard: Option<G>,
+}
+
+impl<B, G> GuardedBody<B, G> {
+    /// Wraps `inner`, holding `guard` until it ends.
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+
+    /// Whether the guard is still held.
+    pub fn is_guarded(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+impl<B, G> Body for GuardedBody<B, G>
+where
+    B: Body + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.guard = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +194,81 @@ mod tests {
         );
         let collected = body_with_trailers(t).collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-fits"].len(), 20_000);
+    }
+
+    /// Counts how many guards are alive.
+    #[derive(Debug, Clone, Default)]
+    struct Guards(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    struct Guard(Guards);
+
+    impl Guards {
+        fn take(&self) -> Guard {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Guard(self.clone())
+        }
+        fn alive(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn two_chunks() -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"one"))),
+            Ok(Frame::data(Bytes::from_static(b"two"))),
+        ];
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn the_guard_is_held_while_the_body_streams_and_released_at_its_end() {
+        let guards = Guards::default();
+        let mut body = GuardedBody::new(two_chunks(), guards.take());
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "one");
+        assert_eq!(guards.alive(), 1, "held mid-body");
+        let second = body.frame().await.unwrap().unwrap();
+        assert_eq!(second.into_data().unwrap(), "two");
+        assert_eq!(guards.alive(), 1, "held until the end is seen");
+        assert!(body.frame().await.is_none());
+        assert_eq!(guards.alive(), 0, "released at the end, body still alive");
+        assert!(!body.is_guarded());
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_early_releases_its_guard() {
+        let guards = Guards::default();
+        let mut body = GuardedBody::new(two_chunks(), guards.take());
+        let _ = body.frame().await;
+        assert_eq!(guards.alive(), 1);
+        drop(body);
+        assert_eq!(guards.alive(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_error_keeps_the_guard_until_the_body_is_dropped_and_trailers_pass() {
+        let guards = Guards::default();
+        let failing = StreamBody::new(futures_util::stream::iter(vec![Err::<
+            Frame<Bytes>,
+            BoxError,
+        >("reset".into())]));
+        let mut body = GuardedBody::new(failing, guards.take());
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(guards.alive(), 1);
+        drop(body);
+        assert_eq!(guards.alive(), 0);
+
+        let mut t = HeaderMap::new();
+        t.insert("x-ok", HeaderValue::from_static("1"));
+        let body = GuardedBody::new(body_with_trailers(t), guards.take());
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-ok"], "1");
+        assert_eq!(guards.alive(), 0);
     }
 }

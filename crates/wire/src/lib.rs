@@ -6,10 +6,13 @@
 //! - [`problem`]: the stable error codes and their `application/problem+json`
 //!   rendering, used by both sides for every error they generate.
 //! - [`headers`]: hop-by-hop and `Tether-*` header removal, trailer hygiene.
-//! - [`body`]: [`body::FilteredTrailers`], trailer hygiene on any body.
+//! - [`body`]: [`body::FilteredTrailers`], trailer hygiene on any body;
+//!   [`body::GuardedBody`], a guard held until a body ends.
 //! - [`target`]: which request targets (RFC 3986 bytes) are accepted.
 //! - [`cli`]: logging set-up and signal handling both binaries share.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
+//! - [`pem`]: certificates, keys and CA bundles for rustls, with typed
+//!   errors; the relay's listener and the agent's clients are built here.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
 //! - [`serve`]: the HTTP accept loop every listener uses.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
@@ -25,6 +28,7 @@ pub mod config_location;
 pub mod headers;
 pub mod metrics;
 pub mod notify;
+pub mod pem;
 pub mod problem;
 pub mod protocol;
 pub mod serve;
