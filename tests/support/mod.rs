@@ -121,7 +121,13 @@ impl Relay {
     /// Starts a relay on the store at `store_url` (its own SQLite file if
     /// `None`).
     pub fn start_on(extra: &str, store_url: Option<&str>) -> Self {
-        Self::start_full(extra, store_url, false)
+        Self::start_full(extra, "", store_url, false)
+    }
+
+    /// Starts a relay with extra `[listen]` keys (`listen`), a
+    /// forward-proxy listener if `proxy`, and `extra` config.
+    pub fn start_listening(listen: &str, extra: &str, proxy: bool) -> Self {
+        Self::start_full(extra, listen, None, proxy)
     }
 
     /// Starts replica `replica_id` of a cluster on the Postgres store at
@@ -150,6 +156,7 @@ impl Relay {
                  [admin]\nkey_file = \"{key}\"\n",
                 key = peer_key_file.display()
             ),
+            "",
             Some(store_url),
             proxy,
         )
@@ -157,10 +164,10 @@ impl Relay {
 
     /// Starts a relay with a forward-proxy listener too.
     pub fn start_with_proxy(extra: &str) -> Self {
-        Self::start_full(extra, None, true)
+        Self::start_full(extra, "", None, true)
     }
 
-    fn start_full(extra: &str, store_url: Option<&str>, proxy: bool) -> Self {
+    fn start_full(extra: &str, listen: &str, store_url: Option<&str>, proxy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("relay.toml");
         let store = store_url.map_or_else(
@@ -170,7 +177,7 @@ impl Relay {
         std::fs::write(
             &config,
             format!(
-                "drain_timeout = \"2s\"\n{extra}\n[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
+                "drain_timeout = \"2s\"\n{extra}\n[listen]\n{listen}\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
                  [store]\nurl = \"{store}\"\n",
                 if proxy { "proxy = \"127.0.0.1:0\"\n" } else { "" }
             ),
@@ -532,6 +539,7 @@ impl Stack {
 pub mod balancer;
 mod calls;
 pub mod fault;
+pub mod grpc_peer;
 pub mod hostile_agent;
 pub mod isolation;
 mod peers;
