@@ -215,3 +215,125 @@ async fn grpc_through_connect_body() {
     let refused = grpc_call(&refused).await;
     assert_eq!(refused.code, "UNAVAILABLE", "{refused:?}");
 }
+
+/// A self-signed certificate for the route hosts, localhost and
+/// 127.0.0.1, written as PEM (certificate, key).
+fn write_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let names = vec![
+        format!("*.{DOMAIN}"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// Over TLS end to end (client → relay with ALPN h2, agent → gRPC server
+/// with ALPN h2 by `upstream_http2` over `https`), and the route is the
+/// one each request's `:authority` names, whatever the TLS SNI said.
+#[tokio::test]
+async fn grpc_over_tls_and_the_route_is_the_authoritys_not_the_sni() {
+    use rustls_pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path());
+    let relay = Relay::start_listening(
+        &format!("route_domain = \"{DOMAIN}\""),
+        &format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        false,
+    );
+    let server = GrpcServer::start_tls(&cert, &key);
+    let upstream = Upstream::start().await;
+    let (token, api_key) = (relay.token("acme"), relay.key("acme"));
+    let routes = format!(
+        "[routes.grpc]\nurl = \"https://localhost:{}\"\nca_file = \"{}\"\nmethods = [\"POST\"]\n\
+         paths = [\"/tether.test.Echo/*\"]\nupstream_http2 = true\n\n{}\n{}\
+         headers = {{ x-route = \"second\" }}\n",
+        server.addr.port(),
+        cert.display(),
+        upstream.route("sample", r#"["GET"]"#, r#"["/**"]"#),
+        upstream.route("second", r#"["GET"]"#, r#"["/**"]"#),
+    );
+    let _agent = Agent::start_with(
+        &format!("wss://127.0.0.1:{}/v1/agent/connect", relay.public.port()),
+        &token,
+        "agent-a",
+        &format!("ca_file = \"{}\"", cert.display()),
+        &routes,
+    );
+    relay.wait_sessions(2).await;
+
+    let tls_call = |method: &str| -> Vec<String> {
+        [
+            "--target",
+            &relay.public.to_string(),
+            "--authority",
+            &format!("grpc.{DOMAIN}"),
+            "--ca",
+            &cert.display().to_string(),
+            "--key",
+            &api_key,
+            "--method",
+            method,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let ok = grpc_call(&tls_call("Echo")).await;
+    assert_eq!(ok.code, "OK", "{ok:?}");
+    assert_eq!(ok.responses, ["echo:hello"]);
+    let chat = grpc_call(&with(
+        tls_call("Chat"),
+        &["--message", "a", "--message", "b"],
+    ))
+    .await;
+    assert_eq!(chat.responses, ["re:a", "re:b"], "{chat:?}");
+
+    // SNI says `sample`, :authority says `second`: the request goes to
+    // `second` (its header reaches the echo), on a connection whose
+    // handshake named another host.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(relay.public).await.unwrap();
+    let sni = rustls_pki_types::ServerName::try_from(format!("sample.{DOMAIN}")).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(sni, tcp)
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, tether_wire::BoxBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://second.{DOMAIN}/echo"))
+        .header("proxy-authorization", format!("Bearer {api_key}"))
+        .body(tether_wire::empty_body())
+        .unwrap();
+    let response = h2.send_request(req).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["headers"]["x-route"][0], "second", "{doc}");
+}
