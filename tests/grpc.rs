@@ -337,3 +337,68 @@ async fn grpc_over_tls_and_the_route_is_the_authoritys_not_the_sni() {
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["headers"]["x-route"][0], "second", "{doc}");
 }
+
+/// Cluster mode: a gRPC call reaching a replica that does not hold the
+/// agent's session goes through the replica that does, unary, streaming
+/// and trailers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_call_reaching_a_replica_without_the_session_is_forwarded_to_its_peer() {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let peer_key = dir.path().join("peer.key");
+    std::fs::write(&peer_key, "grpc-test-peer-key-0123456789abc\n").unwrap();
+    let listen = format!("route_domain = \"{DOMAIN}\"");
+    let relays: Vec<Relay> = ["relay-1", "relay-2"]
+        .iter()
+        .map(|id| Relay::start_replica_listening(&pg.url, id, &peer_key, &listen))
+        .collect();
+    let server = GrpcServer::start();
+    let (token, key) = (relays[0].token("acme"), relays[0].key("acme"));
+    // One session, on relay-1 only.
+    let _agent = Agent::start_with(
+        &relays[0].agent_url(),
+        &token,
+        "agent-a",
+        "connections = 1",
+        &server.route("grpc", ALL_METHODS),
+    );
+    relays[0].wait_sessions(1).await;
+    assert_eq!(relays[1].sessions().await, 0);
+
+    let via_relay_2 = |method: &str| -> Vec<String> {
+        [
+            "--target",
+            &relays[1].public.to_string(),
+            "--authority",
+            &format!("grpc.{DOMAIN}"),
+            "--key",
+            &key,
+            "--method",
+            method,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    // Until relay-2 knows of the agent (presence).
+    until(
+        Duration::from_secs(15),
+        "relay-2 forwards to the peer",
+        || async { grpc_call(&via_relay_2("Echo")).await.code == "OK" },
+    )
+    .await;
+    let answered = || relays[1].metric("tether_relay_peer_forwarded_total{outcome=\"answered\"}");
+    let before = answered().await;
+    let chat = grpc_call(&with(
+        via_relay_2("Chat"),
+        &["--message", "x", "--message", "y", "--message", "z"],
+    ))
+    .await;
+    assert_eq!(chat.code, "OK", "{chat:?}");
+    assert_eq!(chat.responses, ["re:x", "re:y", "re:z"]);
+    let failed = grpc_call(&with(via_relay_2("Fail"), &["--message", "via the peer"])).await;
+    assert_eq!(
+        (failed.code.as_str(), failed.details.as_str()),
+        ("PERMISSION_DENIED", "via the peer")
+    );
+    assert_eq!(answered().await, before + 2, "both went to the peer");
+}

@@ -134,7 +134,17 @@ impl Relay {
     /// `store_url`, sharing the peer key in `peer_key_file` (also its admin
     /// API key).
     pub fn start_replica(store_url: &str, replica_id: &str, peer_key_file: &Path) -> Self {
-        Self::replica(store_url, replica_id, peer_key_file, false)
+        Self::replica(store_url, replica_id, peer_key_file, "", false)
+    }
+
+    /// [`Relay::start_replica`] with extra `[listen]` keys.
+    pub fn start_replica_listening(
+        store_url: &str,
+        replica_id: &str,
+        peer_key_file: &Path,
+        listen: &str,
+    ) -> Self {
+        Self::replica(store_url, replica_id, peer_key_file, listen, false)
     }
 
     /// [`Relay::start_replica`] with a forward-proxy listener too.
@@ -143,10 +153,16 @@ impl Relay {
         replica_id: &str,
         peer_key_file: &Path,
     ) -> Self {
-        Self::replica(store_url, replica_id, peer_key_file, true)
+        Self::replica(store_url, replica_id, peer_key_file, "", true)
     }
 
-    fn replica(store_url: &str, replica_id: &str, peer_key_file: &Path, proxy: bool) -> Self {
+    fn replica(
+        store_url: &str,
+        replica_id: &str,
+        peer_key_file: &Path,
+        listen: &str,
+        proxy: bool,
+    ) -> Self {
         let peer = free_port();
         Self::start_full(
             &format!(
@@ -156,7 +172,7 @@ impl Relay {
                  [admin]\nkey_file = \"{key}\"\n",
                 key = peer_key_file.display()
             ),
-            "",
+            listen,
             Some(store_url),
             proxy,
         )
