@@ -3,8 +3,8 @@
 
   grpc_unary.py serve
       An echo server (`/bench.Echo/Echo`, raw bytes) on 127.0.0.1, a port
-      the kernel picks; prints `listening PORT`, runs until stdin closes
-      or it is killed. Give the agent a route to it with
+      the kernel picks; prints `listening PORT`, runs until it is killed
+      (stop it by PID). Give the agent a route to it with
       `upstream_http2 = true`, `methods = ["POST"]`, `paths = ["/**"]`.
 
   grpc_unary.py --relay HOST:PORT --authority ROUTE.ROUTE_DOMAIN --key KEY
@@ -43,10 +43,7 @@ def serve():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"listening {port}", flush=True)
-    try:
-        sys.stdin.read()
-    finally:
-        server.stop(0)
+    server.wait_for_termination()
 
 
 def measure(target, authority, metadata, count, seconds, payload):
