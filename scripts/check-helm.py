@@ -66,6 +66,7 @@ RELAY_REFUSED = {
     "extraConfig: \"[limits]\\ncaller_rate = 5\\n\"\n": "additional properties 'extraConfig' not allowed",
     "config:\n  limits: {caller_rate: 50, caller_brust: 100}\n": "additional properties 'caller_brust' not allowed",
     "config:\n  listen: {public: '0.0.0.0:1'}\n": "additional properties 'listen' not allowed",
+    "routeDomain: '*.routes.example.com'\n": "routeDomain",
     "config:\n  cluster: {replica_id: r0}\n": "additional properties 'replica_id' not allowed",
     "adminKey: {existingSecret: k}\nconfig:\n  admin: {key_file: /k}\n": "adminKey.existingSecret both set",
     "tls: {secretName: t}\nconfig:\n  tls: {cert_file: /c, key_file: /k}\n": "tls.secretName both set",
@@ -287,7 +288,7 @@ SOURCES = {
 # Keys the chart sets from values of its own and refuses in `config`.
 CHART_OWNED = {
     AGENT_CHART: set(),
-    RELAY_CHART: {"listen.public", "listen.admin", "listen.proxy", "store.url",
+    RELAY_CHART: {"listen.public", "listen.admin", "listen.proxy", "listen.route_domain", "store.url",
                   "cluster.replica_id", "cluster.peer_listen", "cluster.advertise",
                   "cluster.peer_key_file"},
 }
@@ -650,6 +651,8 @@ def relay_checks(case, values, docs):
     admin_port = ports.get("admin", 9465)
     if config["listen"]["admin"] != f"0.0.0.0:{admin_port}":
         fail(f"{case}: admin listener {config['listen']}")
+    if config["listen"].get("route_domain") != (values.get("routeDomain") or None):
+        fail(f"{case}: listen.route_domain from routeDomain: {config['listen']}")
     if ports.get("proxy"):
         if config["listen"]["proxy"] != f"0.0.0.0:{ports['proxy']}":
             fail(f"{case}: proxy listener")

@@ -4,7 +4,9 @@
 # UPSTREAM_PID, RELAY_PID, AGENT_PID, and AGENT_ADMIN (the agent's admin
 # listener). The relay's admin API key is in $STACK_WORK/admin.key. `stack_stop` stops them by PID.
 # If the caller defines a function `stack_agent_extra`, its output (TOML,
-# which may use $UPSTREAM) is appended to the agent's config.
+# which may use $UPSTREAM) is appended to the agent's config; the output
+# of `stack_relay_listen_extra`, if defined, to the relay's [listen]
+# (e.g. route_domain for bench/grpc_unary.py).
 
 STACK_PIDS=()
 
@@ -39,6 +41,7 @@ stack_start() {
 [listen]
 public = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+$(declare -F stack_relay_listen_extra >/dev/null && stack_relay_listen_extra)
 [store]
 url = "sqlite://$STACK_WORK/relay.db"
 [admin]

@@ -234,7 +234,7 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
     let mut clients = tether_agent::upstream::Clients::default();
     for route in config.routes.values() {
         let url = format!("{}{}/", route.origin, route.base_path);
-        let result = match clients.get(route.ca_file.as_deref()) {
+        let result = match clients.get(route.ca_file.as_deref(), route.protocol()) {
             Ok(client) => {
                 let request = http::Request::head(url.as_str())
                     .body(tether_wire::empty_body())

@@ -1,8 +1,9 @@
 //! Pooled HTTP(S) clients towards internal services.
 //!
 //! One hyper-util pooled client per distinct trust configuration: the
-//! system roots, plus a route's `ca_file` when it has one. HTTP/1.1 and
-//! HTTP/2 (by ALPN) are both spoken; connections are reused across requests.
+//! system roots, plus a route's `ca_file` when it has one, and per
+//! [`Protocol`]: HTTP/1.1 and HTTP/2 by ALPN, or HTTP/2 only (a route's
+//! `upstream_http2`, for gRPC). Connections are reused across requests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,20 +27,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// wrong with it (tether-wire's one PEM loader, shared with the relay).
 pub type TlsConfigError = tether_wire::pem::PemError;
 
-/// Builds and shares clients by CA file.
+/// Which HTTP an upstream is spoken to with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1, or HTTP/2 when TLS negotiates it (ALPN `h2`, `http/1.1`).
+    Negotiated,
+    /// HTTP/2 only: ALPN `h2` over TLS, prior knowledge over `http`.
+    Http2,
+}
+
+/// Builds and shares clients by CA file and protocol.
 #[derive(Default)]
 pub struct Clients {
-    by_ca: HashMap<Option<PathBuf>, UpstreamClient>,
+    by_ca: HashMap<(Option<PathBuf>, Protocol), UpstreamClient>,
 }
 
 impl Clients {
-    /// The client for routes trusting the system roots plus `ca_file`.
-    pub fn get(&mut self, ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
-        let key = ca_file.map(Path::to_owned);
+    /// The client for routes trusting the system roots plus `ca_file`,
+    /// speaking `protocol`.
+    pub fn get(
+        &mut self,
+        ca_file: Option<&Path>,
+        protocol: Protocol,
+    ) -> Result<UpstreamClient, TlsConfigError> {
+        let key = (ca_file.map(Path::to_owned), protocol);
         if let Some(client) = self.by_ca.get(&key) {
             return Ok(client.clone());
         }
-        let client = build_client(ca_file)?;
+        let client = pooled(
+            tls_client_config(ca_file, None)?,
+            HttpConnector::new(),
+            protocol,
+        );
         self.by_ca.insert(key, client.clone());
         Ok(client)
     }
@@ -68,19 +87,13 @@ pub fn tls_client_config(
     tether_wire::pem::client_config(root_store(ca_file)?, client_cert)
 }
 
-fn build_client(ca_file: Option<&Path>) -> Result<UpstreamClient, TlsConfigError> {
-    Ok(pooled(
-        tls_client_config(ca_file, None)?,
-        HttpConnector::new(),
-    ))
-}
-
 /// The pooled client every upstream call goes out on: TCP over `http`
 /// (whose resolver decides which addresses are dialled), TLS with `tls`,
-/// HTTP/1.1 or HTTP/2 by ALPN.
+/// HTTP/1.1 or HTTP/2 as `protocol` says.
 fn pooled<R>(
     tls: rustls::ClientConfig,
     mut http: HttpConnector<R>,
+    protocol: Protocol,
 ) -> Client<HttpsConnector<HttpConnector<R>>, BoxBody>
 where
     R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name>
@@ -97,11 +110,15 @@ where
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .https_or_http();
+    let connector = match protocol {
+        Protocol::Negotiated => connector.enable_http1().enable_http2().wrap_connector(http),
+        // ALPN offers `h2` alone; over `http`, `http2_only` below speaks
+        // HTTP/2 from the first byte (prior knowledge, RFC 9113 §3.3).
+        Protocol::Http2 => connector.enable_http2().wrap_connector(http),
+    };
     Client::builder(TokioExecutor::new())
+        .http2_only(protocol == Protocol::Http2)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -182,5 +199,6 @@ pub fn forward_client(pins: Pins) -> Result<ForwardClient, TlsConfigError> {
     Ok(pooled(
         tls_client_config(None, None)?,
         HttpConnector::new_with_resolver(PinnedResolver(pins)),
+        Protocol::Negotiated,
     ))
 }

@@ -183,6 +183,21 @@ pub struct Route {
     /// `X-Original-URL`, …) reach the upstream; removed by default, since
     /// the route's rules checked the request line, not what they say.
     pub allow_override_headers: bool,
+    /// Speak HTTP/2 to the upstream (ALPN `h2` over TLS, prior knowledge
+    /// over `http`): gRPC servers speak nothing else, and a plain-`http`
+    /// upstream cannot negotiate it.
+    pub upstream_http2: bool,
+}
+
+impl Route {
+    /// The HTTP version this route's upstream is spoken to with.
+    pub fn protocol(&self) -> crate::upstream::Protocol {
+        if self.upstream_http2 {
+            crate::upstream::Protocol::Http2
+        } else {
+            crate::upstream::Protocol::Negotiated
+        }
+    }
 }
 
 /// A header a route sets.

@@ -28,6 +28,8 @@ pub(super) struct RawRoute {
     keys: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     allow_override_headers: bool,
+    #[serde(default)]
+    upstream_http2: bool,
 }
 
 /// `[routes.NAME]` validated (`span`: the table); every problem recorded.
@@ -138,6 +140,7 @@ pub(super) fn validate(
         timeout,
         keys,
         allow_override_headers: raw.allow_override_headers,
+        upstream_http2: raw.upstream_http2,
     })
 }
 

@@ -176,3 +176,20 @@ fn audit_required_defaults_to_true_with_a_file_and_needs_one() {
     let reserved = MINIMAL.replace("[routes.jenkins]", "[routes.forward]");
     assert!(error_of(&reserved).contains("reserved"));
 }
+
+#[test]
+fn upstream_http2_picks_the_http2_only_client() {
+    let c = AgentConfig::parse(Path::new("a.toml"), MINIMAL, &env(&[])).unwrap();
+    assert_eq!(
+        c.routes["jenkins"].protocol(),
+        crate::upstream::Protocol::Negotiated
+    );
+    let h2 = format!("{MINIMAL}upstream_http2 = true\n");
+    let c = AgentConfig::parse(Path::new("a.toml"), &h2, &env(&[])).unwrap();
+    assert_eq!(
+        c.routes["jenkins"].protocol(),
+        crate::upstream::Protocol::Http2
+    );
+    let err = error_of(&format!("{MINIMAL}upstream_http2 = \"yes\"\n"));
+    assert!(err.starts_with("a.toml:"), "{err}");
+}

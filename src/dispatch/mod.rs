@@ -67,7 +67,7 @@ impl Dispatcher {
         let mut clients = Clients::default();
         let mut routes = HashMap::new();
         for (name, route) in &config.routes {
-            let client = clients.get(route.ca_file.as_deref())?;
+            let client = clients.get(route.ca_file.as_deref(), route.protocol())?;
             routes.insert(
                 name.clone(),
                 LiveRoute {

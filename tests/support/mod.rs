@@ -120,14 +120,30 @@ impl Relay {
     /// Starts a relay on the store at `store_url` (its own SQLite file if
     /// `None`).
     pub fn start_on(extra: &str, store_url: Option<&str>) -> Self {
-        Self::start_full(extra, store_url, false)
+        Self::start_full(extra, "", store_url, false)
+    }
+
+    /// Starts a relay with extra `[listen]` keys (`listen`), a
+    /// forward-proxy listener if `proxy`, and `extra` config.
+    pub fn start_listening(listen: &str, extra: &str, proxy: bool) -> Self {
+        Self::start_full(extra, listen, None, proxy)
     }
 
     /// Starts replica `replica_id` of a cluster on the Postgres store at
     /// `store_url`, sharing the peer key in `peer_key_file` (also its admin
     /// API key).
     pub fn start_replica(store_url: &str, replica_id: &str, peer_key_file: &Path) -> Self {
-        Self::replica(store_url, replica_id, peer_key_file, false)
+        Self::replica(store_url, replica_id, peer_key_file, "", false)
+    }
+
+    /// [`Relay::start_replica`] with extra `[listen]` keys.
+    pub fn start_replica_listening(
+        store_url: &str,
+        replica_id: &str,
+        peer_key_file: &Path,
+        listen: &str,
+    ) -> Self {
+        Self::replica(store_url, replica_id, peer_key_file, listen, false)
     }
 
     /// [`Relay::start_replica`] with a forward-proxy listener too.
@@ -136,10 +152,16 @@ impl Relay {
         replica_id: &str,
         peer_key_file: &Path,
     ) -> Self {
-        Self::replica(store_url, replica_id, peer_key_file, true)
+        Self::replica(store_url, replica_id, peer_key_file, "", true)
     }
 
-    fn replica(store_url: &str, replica_id: &str, peer_key_file: &Path, proxy: bool) -> Self {
+    fn replica(
+        store_url: &str,
+        replica_id: &str,
+        peer_key_file: &Path,
+        listen: &str,
+        proxy: bool,
+    ) -> Self {
         let peer = free_port();
         Self::start_full(
             &format!(
@@ -149,6 +171,7 @@ impl Relay {
                  [admin]\nkey_file = \"{key}\"\n",
                 key = peer_key_file.display()
             ),
+            listen,
             Some(store_url),
             proxy,
         )
@@ -156,10 +179,10 @@ impl Relay {
 
     /// Starts a relay with a forward-proxy listener too.
     pub fn start_with_proxy(extra: &str) -> Self {
-        Self::start_full(extra, None, true)
+        Self::start_full(extra, "", None, true)
     }
 
-    fn start_full(extra: &str, store_url: Option<&str>, proxy: bool) -> Self {
+    fn start_full(extra: &str, listen: &str, store_url: Option<&str>, proxy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("relay.toml");
         let store = store_url.map_or_else(
@@ -169,7 +192,7 @@ impl Relay {
         std::fs::write(
             &config,
             format!(
-                "drain_timeout = \"2s\"\n{extra}\n[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
+                "drain_timeout = \"2s\"\n{extra}\n[listen]\n{listen}\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\
                  [store]\nurl = \"{store}\"\n",
                 if proxy { "proxy = \"127.0.0.1:0\"\n" } else { "" }
             ),
@@ -447,6 +470,7 @@ impl Drop for Agent {
 pub mod balancer;
 mod calls;
 pub mod fault;
+pub mod grpc_peer;
 pub mod hostile_agent;
 pub mod in_process;
 pub mod isolation;

@@ -109,6 +109,11 @@ pub struct ListenConfig {
     /// CONNECT), for portal backends that speak `HTTPS_PROXY`. Off unless
     /// set.
     pub proxy: Option<SocketAddr>,
+    /// Host-addressed routes on the public listener: a request for
+    /// `{route}.{route_domain}` goes to that route with its path as it
+    /// is, for clients such as gRPC that cannot add `/v1/routes/{route}`
+    /// ([`crate::route_domain`]). Off unless set.
+    pub route_domain: Option<crate::route_domain::RouteDomain>,
 }
 
 impl Default for ListenConfig {
@@ -117,6 +122,7 @@ impl Default for ListenConfig {
             public: default_public(),
             admin: default_admin(),
             proxy: None,
+            route_domain: None,
         }
     }
 }
@@ -498,6 +504,25 @@ mod tests {
         let cluster = c.cluster.unwrap();
         assert_eq!(cluster.advertised(), "http://10.1.2.3:9470");
         assert_eq!(cluster.lease, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn route_domain_is_a_dns_name_and_says_where() {
+        let c = RelayConfig::parse(
+            Path::new("r.toml"),
+            "[listen]\nroute_domain = \"Routes.Relay.Example.com\"\n",
+        )
+        .unwrap();
+        let domain = c.listen.route_domain.unwrap();
+        assert_eq!(domain.as_str(), "routes.relay.example.com");
+        let err = RelayConfig::parse(
+            Path::new("r.toml"),
+            "[listen]\n\nroute_domain = \"*.relay.example.com\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("r.toml:3:"), "{err}");
+        assert!(err.contains("route_domain"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - `call`: one caller request's id, answers and stamped fields.
 //! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/forward/…`,
 //!   `/v1/secrets/resolve`; `relay`, the one path to an agent.
+//! - [`route_domain`]: `[listen] route_domain`, routes addressed by host
+//!   (`{route}.{route_domain}`), for gRPC and other clients that cannot
+//!   prefix their paths.
 //! - `proxy`: the forward-proxy listener (`[listen] proxy`): absolute form
 //!   and CONNECT, through `ingress`.
 //! - `splice`: a CONNECT tunnel joined to the agent's CONNECT stream.
@@ -55,6 +58,7 @@ mod proxy;
 pub mod registry;
 mod replay;
 mod request_body;
+pub mod route_domain;
 mod session;
 mod splice;
 pub mod store;
@@ -336,6 +340,11 @@ async fn handle_public(
     if let Some(refused) = bad_target(&req) {
         return refused;
     }
+    // A host match wins over every path, `/v1/…` included.
+    let req = match route_domain::handle(&state, req, remote).await {
+        std::ops::ControlFlow::Break(response) => return response,
+        std::ops::ControlFlow::Continue(req) => req,
+    };
     let path = req.uri().path();
     if path == protocol::CONNECT_PATH {
         return session::handle_connect(state, req, remote).await;

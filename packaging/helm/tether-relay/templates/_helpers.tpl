@@ -81,6 +81,9 @@ chart, and tls / admin.key_file from tls.* / adminKey.* when those are set.
 {{- if $v.ports.proxy }}
 {{- $_ := set $listen "proxy" (printf "0.0.0.0:%d" (int $v.ports.proxy)) }}
 {{- end }}
+{{- if $v.routeDomain }}
+{{- $_ := set $listen "route_domain" $v.routeDomain }}
+{{- end }}
 {{- $_ := set $config "listen" $listen }}
 {{- /* The URL itself comes from TETHER_RELAY_STORE_URL (a Secret). */}}
 {{- $_ := set $config "store" (dict "url" "postgres://set-by-TETHER_RELAY_STORE_URL") }}
