@@ -446,6 +446,7 @@ impl Drop for Agent {
 
 pub mod balancer;
 mod calls;
+pub mod cluster;
 pub mod fault;
 pub mod hostile_agent;
 pub mod in_process;
