@@ -5,14 +5,17 @@
 //! - [`config`]: the TOML configuration, validated with file:line errors.
 //! - [`policy`]: path normalisation and the routes' allow rules.
 //! - [`backoff`]: reconnect delays with full jitter.
+//! - [`reconnect`]: when a connection slot dials, waits, serves, replaces
+//!   its session or stops: a sans-IO state machine, unit-tested.
 //! - [`secret`]: a string type that never prints.
 //! - [`secrets`]: secret stores (Vault, AWS, env, file), cache, placeholders.
-//! - [`upstream`]: pooled HTTP(S) clients to internal services.
+//! - [`upstream`]: pooled HTTP(S) clients to internal services; their TLS
+//!   (and the relay's) from tether-wire's PEM loader.
 //! - [`dispatch`]: what happens to each request the relay sends: control
 //!   requests, routes, forward mode, CONNECT, the upstream call.
 //! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`identity`]: end-user tokens verified against the issuer's keys.
-//! - [`env`]: the process environment behind a trait.
+//! - [`env`](mod@env): the process environment behind a trait.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
 //! - [`audit`]: one JSON line per request the cloud sent; no request
@@ -21,7 +24,8 @@
 //! - [`rotation`]: tokens pushed by the relay, and the fallback to the
 //!   previous token.
 //! - [`forward`]: forward mode's lists and SSRF guard.
-//! - [`tunnel`]: dialling the relay and serving HTTP/2 over the WebSocket.
+//! - [`tunnel`]: the driver of [`reconnect`]: dialling the relay and
+//!   serving HTTP/2 over the WebSocket.
 //! - [`egress`]: the agent's own way out to the relay: `HTTPS_PROXY`,
 //!   `NO_PROXY`, `[relay] proxy` and its CONNECT.
 //! - [`cidr`]: IP networks, for `NO_PROXY` and forward mode's lists.
@@ -157,7 +161,7 @@ impl Agent {
     }
 
     /// Makes SIGHUP re-read `path`: routes, secrets and their stores are
-    /// replaced without dropping a request (see [`reload`]).
+    /// replaced without dropping a request (see `reload`).
     pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
         self.config_path = Some(path);
         self

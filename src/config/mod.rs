@@ -3,7 +3,7 @@
 //!
 //! Every problem names the file, line and column of the offending key,
 //! and a file's independent problems are all reported at once: each
-//! section's validator records what it finds in a shared [`Problems`] and
+//! section's validator records what it finds in a shared `Problems` and
 //! goes on (a TOML syntax or type error stops at the first, as parsing
 //! must).
 //!

@@ -5,7 +5,7 @@
 //! One address has many spellings. `169.254.169.254` is also
 //! `2852039166`, `0251.0376.0251.0376`, `::ffff:169.254.169.254`,
 //! `::a9fe:a9fe`, `64:ff9b::a9fe:a9fe`, `2002:a9fe:a9fe::` and a Teredo
-//! address; every check runs on all of them ([`spellings`]) so one cannot
+//! address; every check runs on all of them (`spellings`) so one cannot
 //! slip past another.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

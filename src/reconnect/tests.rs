@@ -161,6 +161,8 @@ fn a_stable_session_resets_the_backoff_and_a_short_one_does_not() {
         &mut rng,
     ));
     assert!(delay <= BACKOFF_BASE, "{delay:?} after a stable session");
+    // Drawn from the first step: the ceiling is at the second one now.
+    assert_eq!(m.backoff.ceiling(), BACKOFF_BASE * 2);
 }
 
 #[test]

@@ -469,6 +469,7 @@ impl Drop for Agent {
 
 pub mod balancer;
 mod calls;
+pub mod cluster;
 pub mod fault;
 pub mod grpc_peer;
 pub mod hostile_agent;

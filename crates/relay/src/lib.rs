@@ -15,7 +15,7 @@
 //! - `session`: the `/v1/agent/connect` upgrade and the task owning a session.
 //! - `call`: one caller request's id, answers and stamped fields.
 //! - `ingress`: the caller API, `/v1/routes/{route}/…`, `/v1/forward/…`,
-//!   `/v1/secrets/resolve`; `relay`, the one path to an agent.
+//!   `/v1/secrets/resolve`; its `relay` is the one path to an agent.
 //! - [`route_domain`]: `[listen] route_domain`, routes addressed by host
 //!   (`{route}.{route_domain}`), for gRPC and other clients that cannot
 //!   prefix their paths.
@@ -26,7 +26,9 @@
 //!   and keeps `Tether-*` fields an agent relays from passing for ours.
 //! - `replay`: whether a request that got no response may go again.
 //! - `request_body`: the caller's body, capped, its failure kept.
-//! - `cluster`: presence of replicas and peer forwarding (cluster mode).
+//! - `cluster`: peer forwarding (cluster mode); `cluster/presence`, the
+//!   replicas' presence in the store; `cluster/peer_outcome`, a peer's
+//!   answer read as a type (answered, no agent there, refused).
 //! - `peer_listener`: `[cluster] peer_listen`: requests a peer replica
 //!   forwards here, relayed through a session of this one.
 //! - [`limiter`]: failed authentications per source address, and

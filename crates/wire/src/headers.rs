@@ -94,7 +94,7 @@ const NOT_IN_TRAILERS: &[HeaderName] = &[
 /// Applies header hygiene to a trailer section: removes hop-by-hop fields
 /// (with those `Connection` names, and `TE` altogether), every `Proxy-*`
 /// and `Tether-*` field, and the fields RFC 9110 §6.5.1 keeps out of
-/// trailers ([`NOT_IN_TRAILERS`]). What is left is end-to-end metadata
+/// trailers (`NOT_IN_TRAILERS`). What is left is end-to-end metadata
 /// such as `grpc-status` or a checksum.
 ///
 /// Trailers get the same rules as headers: a `Tether-*` trailer must not
