@@ -12,6 +12,7 @@
 //!   requests, routes, forward mode, CONNECT, the upstream call.
 //! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`identity`]: end-user tokens verified against the issuer's keys.
+//! - [`rego`]: route policies as code (Rego, evaluated with regorus).
 //! - [`env`]: the process environment behind a trait.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
@@ -45,6 +46,7 @@ pub mod identity;
 mod inject;
 pub mod metrics;
 pub mod policy;
+pub mod rego;
 pub mod rotation;
 pub mod secret;
 pub mod secrets;
@@ -69,6 +71,9 @@ pub enum AgentError {
     /// A CA file could not be used.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// A route's policy or `[identity]` could not be set up.
+    #[error(transparent)]
+    Dispatch(#[from] dispatch::BuildError),
     /// The audit file could not be opened.
     #[error("audit file {path}: {reason}")]
     Audit {
