@@ -603,3 +603,44 @@ fn check_compiles_policies_and_config_errors_name_the_line() {
     assert!(!ok, "{text}");
     assert!(text.contains("needs an [identity] section"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_redirects_and_oversized_documents_are_not_taken() {
+    let relay = Relay::start("");
+    let upstream = Upstream::start().await;
+    let key = relay.key("acme");
+    let token = relay.token("acme");
+    let up = upstream.addr;
+    // A JWKS URL that redirects (to a document that would be usable), and
+    // one over 256 KiB.
+    let cases = [
+        ("redirected", format!("http://{up}/redirect/127.0.0.1:{}/", up.port()), "answered 302"),
+        ("oversized", format!("http://{up}/bytes/300000"), "over 262144 bytes"),
+    ];
+    let mut agents = Vec::new();
+    for (name, jwks_url, _) in &cases {
+        let config = format!(
+            "[relay]\nurl = \"{}\"\ntoken = \"{token}\"\n\n[agent]\nname = \"{name}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [identity]\nissuer = \"http://127.0.0.1\"\njwks_url = \"{jwks_url}\"\n\n\
+             [routes.{name}]\nurl = \"http://{up}\"\npaths = [\"/**\"]\nidentity = \"required\"\n",
+            relay.agent_url()
+        );
+        agents.push(Agent::spawn(&config, &[]));
+    }
+    relay.wait_sessions(4).await;
+    for ((name, _, logged), agent) in cases.iter().zip(&agents) {
+        let (status, headers, bytes) = get(
+            &relay.url(&format!("/v1/routes/{name}/x")),
+            &[
+                ("proxy-authorization", &format!("Bearer {key}")),
+                ("authorization", "Bearer a.b.c"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{name}");
+        assert_eq!(problem_code(&headers, &bytes), "identity_unavailable");
+        let log = agent.log.lock().unwrap().join("\n");
+        assert!(log.contains(logged), "{name}: {log}");
+    }
+}
