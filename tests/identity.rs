@@ -614,8 +614,16 @@ async fn jwks_redirects_and_oversized_documents_are_not_taken() {
     // A JWKS URL that redirects (to a document that would be usable), and
     // one over 256 KiB.
     let cases = [
-        ("redirected", format!("http://{up}/redirect/127.0.0.1:{}/", up.port()), "answered 302"),
-        ("oversized", format!("http://{up}/bytes/300000"), "over 262144 bytes"),
+        (
+            "redirected",
+            format!("http://{up}/redirect/127.0.0.1:{}/", up.port()),
+            "answered 302",
+        ),
+        (
+            "oversized",
+            format!("http://{up}/bytes/300000"),
+            "over 262144 bytes",
+        ),
     ];
     let mut agents = Vec::new();
     for (name, jwks_url, _) in &cases {
