@@ -423,7 +423,7 @@ async fn a_rotated_key_is_picked_up_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_issuer_means_cached_keys_then_502() {
-    let mut w = World::start("jwks_refresh = \"1s\"\njwks_max_age = \"8s\"").await;
+    let mut w = World::start("jwks_refresh = \"1s\"\njwks_max_age = \"15s\"").await;
     let jane = w.issuer.token("jane").await;
     let bob = w.issuer.token("bob").await;
     let (status, _, _) = w.call("GET", "k8s/x", Some(&jane), &[]).await;
@@ -436,6 +436,17 @@ async fn an_unreachable_issuer_means_cached_keys_then_502() {
             .unwrap()
             .iter()
             .any(|l| l.contains("cannot fetch the issuer's keys"))
+    })
+    .await;
+    // A reload (SIGHUP) keeps the keys it has: the issuer need not be up.
+    w.agent.signal("HUP");
+    until(Duration::from_secs(20), "the reload", || async {
+        w.agent
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("configuration reloaded"))
     })
     .await;
     // A token never seen before still verifies with the cached keys.

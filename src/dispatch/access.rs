@@ -19,6 +19,19 @@ use crate::rego::input::Input;
 pub(super) type Refused = Problem;
 
 impl Dispatcher {
+    /// This dispatcher with `running`'s identity verifier when both verify
+    /// with the same settings: a reload (SIGHUP) keeps the fetched keys
+    /// and the verified-token cache, so it does not depend on the issuer
+    /// being reachable at that moment.
+    pub fn keeping_identity_of(mut self, running: &Dispatcher) -> Self {
+        if let (Some(new), Some(old)) = (&self.identity, &running.identity)
+            && new.settings().same_as(old.settings())
+        {
+            self.identity = Some(old.clone());
+        }
+        self
+    }
+
     /// Checks identity, users/groups and the policy of `live` for `req`,
     /// whose normalised path within the route is `path`. The verified user
     /// (when the route needs one) is named in the audit record.

@@ -80,6 +80,25 @@ pub struct IdentitySettings {
 }
 
 impl IdentitySettings {
+    /// Whether `other` verifies the same tokens against the same keys
+    /// fetched the same way (a reload can then keep the running verifier,
+    /// its keys and its cache).
+    pub fn same_as(&self, other: &Self) -> bool {
+        let proxy = |s: &Self| s.proxy.as_ref().map(ToString::to_string);
+        self.issuer == other.issuer
+            && self.keys == other.keys
+            && self.audiences == other.audiences
+            && self.header == other.header
+            && self.user_claim == other.user_claim
+            && self.groups_claim == other.groups_claim
+            && self.leeway == other.leeway
+            && self.max_age == other.max_age
+            && self.jwks_refresh == other.jwks_refresh
+            && self.jwks_max_age == other.jwks_max_age
+            && self.ca_file == other.ca_file
+            && proxy(self) == proxy(other)
+    }
+
     /// The verification rules for [`super::verify::verify`].
     pub fn rules(&self) -> super::verify::Rules {
         super::verify::Rules {

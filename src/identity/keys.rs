@@ -83,6 +83,11 @@ impl Verifier {
         })
     }
 
+    /// The settings it verifies with.
+    pub fn settings(&self) -> &IdentitySettings {
+        &self.settings
+    }
+
     /// The header the token arrives in.
     pub fn header(&self) -> &HeaderName {
         &self.settings.header
