@@ -47,10 +47,11 @@ reason := "credentials reached the policy" if input.headers.authorization
 impl World {
     async fn start(identity_extra: &str) -> Self {
         let issuer = Issuer::start(0, "key-1");
-        Self::start_with(issuer, identity_extra).await
+        Self::start_with(issuer, identity_extra, &[]).await
     }
 
-    async fn start_with(issuer: Issuer, identity_extra: &str) -> Self {
+    /// `identity_extra` may set `jwks_url` itself; `env`: the agent's.
+    async fn start_with(issuer: Issuer, identity_extra: &str, env: &[(&str, &str)]) -> Self {
         let relay = Relay::start("");
         let upstream = Upstream::start().await;
         let token = relay.token("acme");
@@ -61,6 +62,11 @@ impl World {
         let audit = dir.path().join("audit.jsonl");
         let up = upstream.addr;
         let iss = issuer.url();
+        let jwks_url = if identity_extra.contains("jwks_url") {
+            String::new()
+        } else {
+            format!("jwks_url = \"{iss}/jwks\"")
+        };
         let config = format!(
             r#"drain_timeout = "2s"
 [relay]
@@ -78,7 +84,7 @@ file = "{audit}"
 
 [identity]
 issuer = "{iss}"
-jwks_url = "{iss}/jwks"
+{jwks_url}
 audiences = ["tether"]
 groups_claim = "groups"
 {identity_extra}
@@ -120,7 +126,9 @@ policy = "{policy}"
             audit = audit.display(),
             policy = policy.display(),
         );
-        let agent = Agent::spawn(&config, &[("K8S_SA", "sa-token")]);
+        let mut env = env.to_vec();
+        env.push(("K8S_SA", "sa-token"));
+        let agent = Agent::spawn(&config, &env);
         relay.wait_sessions(2).await;
         Self {
             relay,
@@ -662,4 +670,127 @@ async fn jwks_redirects_and_oversized_documents_are_not_taken() {
         let log = agent.log.lock().unwrap().join("\n");
         assert!(log.contains(logged), "{name}: {log}");
     }
+}
+
+/// An https server for one name (certificate from a CA of the test's own)
+/// answering every request with `document`; the certificate's PEM.
+async fn https_jwks(name: &str, document: String) -> (std::net::SocketAddr, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let pem = certified.cert.pem();
+    let key =
+        rustls_pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, document) = (acceptor.clone(), document.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(b) = tls.read_u8().await else { return };
+                    head.push(b);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, pem)
+}
+
+/// A CONNECT proxy that sends every tunnel to `to` (so a name that does
+/// not resolve still reaches a server on loopback) and records the
+/// targets asked for.
+async fn pinning_proxy(
+    to: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(b) = client.read_u8().await else {
+                        return;
+                    };
+                    head.push(b);
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(line);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (addr, asked)
+}
+
+// In a network namespace of its own (loopback only, no name server): the
+// JWKS host is a name only the proxy knows; were the proxy not used, the
+// agent's lookup of it fails there without a packet leaving the machine.
+netns_test!(
+    the_jwks_is_fetched_over_https_through_the_egress_proxy_with_the_configured_ca,
+    jwks_through_the_proxy
+);
+
+async fn jwks_through_the_proxy() {
+    let issuer = Issuer::start(0, "key-1");
+    let document = issuer.jwks().await.to_string();
+    let (server, pem) = https_jwks("idp.example.test", document).await;
+    let (proxy, asked) = pinning_proxy(server).await;
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), pem).unwrap();
+    let extra = format!(
+        "jwks_url = \"https://idp.example.test/jwks\"\nca_file = \"{}\"",
+        ca.path().display()
+    );
+    let proxy_url = format!("http://{proxy}");
+    let w = World::start_with(issuer, &extra, &[("HTTPS_PROXY", proxy_url.as_str())]).await;
+    let jane = w.issuer.token("jane").await;
+    let (status, _, doc) = w.call("GET", "k8s/x", Some(&jane), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|l| l.starts_with("CONNECT idp.example.test:443 ")),
+        "{asked:?}"
+    );
 }
