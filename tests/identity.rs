@@ -121,6 +121,9 @@ methods = ["GET", "POST"]
 paths = ["/**"]
 identity = "required"
 policy = "{policy}"
+
+[forward]
+allow = ["127.0.0.1/32"]
 "#,
             relay_url = relay.agent_url(),
             audit = audit.display(),
@@ -140,6 +143,15 @@ policy = "{policy}"
         }
     }
 
+    /// A GET of the relay's `path` with the end-user `token`.
+    async fn call_path(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        self.request("GET", path, token, &[]).await
+    }
+
     /// A request to `route` with the end-user `token` (if any) and extra
     /// headers.
     async fn call(
@@ -149,9 +161,20 @@ policy = "{policy}"
         token: Option<&str>,
         extra: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        self.request(method, &format!("/v1/routes/{route_path}"), token, extra)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
         let mut req = http::Request::builder()
             .method(method)
-            .uri(self.relay.url(&format!("/v1/routes/{route_path}")))
+            .uri(self.relay.url(path))
             .header("proxy-authorization", format!("Bearer {}", self.key));
         if let Some(token) = token {
             req = req.header("authorization", format!("Bearer {token}"));
@@ -350,6 +373,15 @@ async fn the_token_header_reaches_only_routes_that_forward_it() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(header_values(&doc, "impersonate-user").is_empty(), "{doc}");
+    // Nor does forward mode.
+    let (status, _, doc) = w
+        .call_path(
+            &format!("/v1/forward/http/{}/echo", w.upstream.addr),
+            Some(&jane),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(header_values(&doc, "authorization").is_empty(), "{doc}");
     // forward_identity = true passes it on, verified.
     let (status, _, doc) = w.call("GET", "passthrough/x", Some(&jane), &[]).await;
     assert_eq!(status, StatusCode::OK, "{doc}");
