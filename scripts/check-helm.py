@@ -228,6 +228,8 @@ def program_check(chart, case, text, tmp, cert_pem, key_pem):
                 moved.write_text(cert_pem)
             elif key == "token_file":
                 moved.write_text("tta_0123456789abcdef_x\n")
+            elif key == "policy":
+                moved.write_text("package tether\n\ndefault allow := false\n")
             elif key != "file" or "audit" not in str(moved):
                 moved.write_text("placeholder\n")
             return str(moved)

@@ -39,6 +39,18 @@ if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
+# The end-user identity tests (tests/identity.rs) get tokens from a real
+# OpenID provider: panva's oidc-provider (npm, Node >= 18), installed from
+# its lockfile into tests/support/oidc/node_modules.
+if ! command -v node >/dev/null 2>&1; then
+  echo "==> installing nodejs and npm (apt)"
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+if [ ! -d tests/support/oidc/node_modules/oidc-provider ]; then
+  echo "==> installing the test OpenID provider (npm ci)"
+  npm ci --prefix tests/support/oidc --no-audit --no-fund --silent
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

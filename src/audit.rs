@@ -209,6 +209,12 @@ pub struct AuditRecord {
     pub duration_ms: u64,
     /// Names of the secrets used (never values).
     pub secrets: Vec<String>,
+    /// The verified end user (`[identity]`), when the route needed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The issuer that vouched for `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     #[serde(skip)]
     started: Option<Instant>,
 }
@@ -242,6 +248,8 @@ impl AuditRecord {
             bytes_out: 0,
             duration_ms: 0,
             secrets: Vec::new(),
+            user: None,
+            issuer: None,
             started: Some(Instant::now()),
         }
     }

@@ -7,8 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Route;
+use crate::identity::verify::User;
 use crate::secret::SecretString;
-use crate::secrets::placeholder::Template;
+use crate::secrets::placeholder::{Placeholder, Template};
 use crate::secrets::{SecretError, Secrets};
 
 /// One value of a caller header that holds placeholders.
@@ -53,6 +54,11 @@ pub(crate) fn caller_placeholders(
                 .to_str()
                 .map_err(|_| format!("header {name}: placeholder in a non-text value"))?;
             let template = Template::parse(text).map_err(|e| format!("header {name}: {e}"))?;
+            if template.user_fields().next().is_some() {
+                return Err(format!(
+                    "header {name}: ${{{{ user.… }}}} is filled by the agent only"
+                ));
+            }
             for secret in template.secrets() {
                 let Some(spec) = secrets.spec(secret) else {
                     return Err(format!("header {name}: unknown secret {secret:?}"));
@@ -107,24 +113,30 @@ pub(crate) async fn resolve(
 }
 
 /// Writes the caller's rendered headers, then the route's own headers
-/// (which win). Rendered values are marked sensitive so HTTP/2 never puts
-/// them in a compression table. Returns the header whose value could not
-/// be built.
+/// (which win), with the verified `user`'s claims where they say so.
+/// Rendered values are marked sensitive so HTTP/2 never puts them in a
+/// compression table. Returns the header whose value could not be built.
 pub(crate) fn inject(
     headers: &mut HeaderMap,
     caller: Vec<CallerHeader>,
     route: &Route,
     values: &HashMap<String, SecretString>,
+    user: Option<&User>,
 ) -> Result<(), HeaderName> {
     let render = |template: &Template, name: &HeaderName| -> Result<HeaderValue, HeaderName> {
-        let text = template.render(|secret| {
-            values
+        let text = template.render(|placeholder| match placeholder {
+            Placeholder::Secret(secret) => values
                 .get(secret)
                 .map(|v| v.expose().to_owned())
-                .ok_or_else(|| name.clone())
+                .ok_or_else(|| name.clone()),
+            // Filled by `for_user` before; never sent unfilled.
+            Placeholder::User(_) => Err(name.clone()),
         })?;
         let text = SecretString::from(text);
-        let mut value = HeaderValue::from_str(text.expose()).map_err(|_| name.clone())?;
+        // UTF-8 claims are allowed (obs-text); control characters were
+        // refused before (`identity::headers::admit_claims`).
+        let mut value =
+            HeaderValue::from_bytes(text.expose().as_bytes()).map_err(|_| name.clone())?;
         value.set_sensitive(true);
         Ok(value)
     };
@@ -139,6 +151,15 @@ pub(crate) fn inject(
         }
     }
     for h in &route.headers {
+        if h.template.user_fields().next().is_some() {
+            // One line per group for `${{ user.groups }}`; none without.
+            headers.remove(&h.name);
+            let user = user.ok_or_else(|| h.name.clone())?;
+            for filled in h.template.for_user(&user.name, &user.groups) {
+                headers.append(h.name.clone(), render(&filled, &h.name)?);
+            }
+            continue;
+        }
         let value = match &h.literal {
             Some(v) => v.clone(),
             None => render(&h.template, &h.name)?,

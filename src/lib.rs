@@ -15,6 +15,7 @@
 //!   requests, routes, forward mode, CONNECT, the upstream call.
 //! - `inject`: caller placeholders and route headers, with their secrets.
 //! - [`identity`]: end-user tokens verified against the issuer's keys.
+//! - [`rego`]: route policies as code (Rego, evaluated with regorus).
 //! - [`env`](mod@env): the process environment behind a trait.
 //! - [`hygiene`]: what the agent strips or refuses in heads and trailers.
 //! - [`body`]: the body adapter that counts bytes and filters trailers.
@@ -50,6 +51,7 @@ mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod reconnect;
+pub mod rego;
 pub mod rotation;
 pub mod secret;
 pub mod secrets;
@@ -75,6 +77,9 @@ pub enum AgentError {
     /// A CA file could not be used.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// A route's policy or `[identity]` could not be set up.
+    #[error(transparent)]
+    Dispatch(#[from] dispatch::BuildError),
     /// The audit file could not be opened.
     #[error("audit file {path}: {reason}")]
     Audit {
@@ -362,7 +367,7 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
         }
     };
     let dispatcher = match Dispatcher::new(&new, secrets, audit) {
-        Ok(d) => Arc::new(d),
+        Ok(d) => Arc::new(d.keeping_identity_of(&reload.dispatcher.borrow())),
         Err(e) => {
             tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
             return;

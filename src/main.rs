@@ -53,10 +53,26 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Route policies (Rego).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, …) on stdout.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load the files together (a policy and its tests) and run every
+    /// rule named `test_*`; exits non-zero if one is not true.
+    Test {
+        /// Rego files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -74,6 +90,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Policy {
+            command: PolicyCommand::Test { files },
+        } => policy_test(&files),
         Command::Check { config, offline } => match AgentConfig::load(&config, &ProcessEnv) {
             Ok(c) => {
                 println!(
@@ -87,6 +106,9 @@ fn main() -> ExitCode {
                 // Local files the agent reads: checked offline too.
                 if let Err(e) = check_token_file(&c) {
                     println!("{e}");
+                    return ExitCode::FAILURE;
+                }
+                if !check_policies(&c) {
                     return ExitCode::FAILURE;
                 }
                 if offline {
@@ -143,6 +165,56 @@ fn print_config_error(e: &tether_agent::config::ConfigError) {
         }
         ConfigError::Read { .. } => eprintln!("tether-agent: {e}"),
     }
+}
+
+/// `tether-agent policy test FILE…`: one line per test, then a summary.
+fn policy_test(files: &[PathBuf]) -> ExitCode {
+    match tether_agent::rego::test::run(files) {
+        Ok(outcomes) => {
+            let failed = outcomes.iter().filter(|o| !o.passed).count();
+            for o in &outcomes {
+                match &o.detail {
+                    None => println!("PASS {} {}", o.file.display(), o.rule),
+                    Some(d) => println!("FAIL {} {}: {d}", o.file.display(), o.rule),
+                }
+            }
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            if outcomes.is_empty() {
+                eprintln!("tether-agent: no test_ rules found");
+                return ExitCode::FAILURE;
+            }
+            if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("tether-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Every route's policy compiles (checked offline too).
+fn check_policies(config: &AgentConfig) -> bool {
+    let mut ok = true;
+    for route in config.routes.values() {
+        if let Some(path) = &route.access.policy {
+            match tether_agent::rego::Policy::load(path) {
+                Ok(_) => println!(
+                    "route {} policy {}: ok (compiles)",
+                    route.name,
+                    path.display()
+                ),
+                Err(e) => {
+                    println!("route {}: error: {e}", route.name);
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok
 }
 
 /// `relay.token_file` must be readable and hold a token: without it the
@@ -215,6 +287,21 @@ async fn check_online(config: &AgentConfig) -> ExitCode {
             }
         }
         Err(e) => report(false, format!("secrets: error: {e}")),
+    }
+
+    if let Some(identity) = &config.user_identity {
+        use tether_agent::identity::{fetch::Fetcher, jwks::KeySet};
+        let fetched = match Fetcher::new(identity) {
+            Ok(fetcher) => fetcher.fetch().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match fetched.and_then(|doc| KeySet::parse(&doc).map_err(|e| e.to_string())) {
+            Ok(_) => report(
+                true,
+                format!("identity {}: ok (issuer keys fetched)", identity.issuer),
+            ),
+            Err(e) => report(false, format!("identity {}: error: {e}", identity.issuer)),
+        }
     }
 
     if let Some(path) = &config.audit_file {

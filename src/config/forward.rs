@@ -65,7 +65,7 @@ pub(super) fn validate(
             origin.span(),
             Origin::parse(origin.get_ref()).map_err(|m| format!("{key}: {m}")),
         );
-        let list = validate_headers(&key, table, secrets, problems);
+        let list = validate_headers(&key, table, secrets, false, problems);
         if let Some(parsed) = parsed {
             headers.push((parsed, list));
         }

@@ -64,6 +64,7 @@ struct RawConfig {
     aws: Option<Spanned<RawAws>>,
     audit: Option<Spanned<audit::RawAudit>>,
     forward: Option<Spanned<forward::RawForward>>,
+    identity: Option<Spanned<crate::identity::config::RawIdentity>>,
 }
 
 // ---- the validated form --------------------------------------------------
@@ -97,6 +98,8 @@ pub struct AgentConfig {
     /// `[forward.headers."scheme://host[:port]"]`: headers set on requests
     /// to that target (may use any secret).
     pub forward_headers: ForwardHeaders,
+    /// `[identity]`: end-user tokens and whose keys verify them.
+    pub user_identity: Option<crate::identity::config::IdentitySettings>,
 }
 
 /// `[relay]`.
@@ -187,6 +190,9 @@ pub struct Route {
     /// over `http`): gRPC servers speak nothing else, and a plain-`http`
     /// upstream cannot negotiate it.
     pub upstream_http2: bool,
+    /// Which end users may use the route (`users`, `groups`, `identity`,
+    /// `forward_identity`, `policy`).
+    pub access: crate::identity::config::RouteAccess,
 }
 
 impl Route {
@@ -282,7 +288,17 @@ impl AgentConfig {
                 });
             }
         };
-        let config = Self::validate(raw, env, &mut problems);
+        let mut config = Self::validate(raw, env, &mut problems);
+        // `policy = "file.rego"` is relative to the configuration file.
+        if let (Some(config), Some(dir)) = (&mut config, path.parent()) {
+            for route in config.routes.values_mut() {
+                if let Some(policy) = &mut route.access.policy
+                    && policy.is_relative()
+                {
+                    *policy = dir.join(&*policy);
+                }
+            }
+        }
         match (config, problems.into_error(path)) {
             (Some(config), None) => Ok(config),
             (_, Some(e)) => Err(e),
@@ -336,6 +352,12 @@ impl AgentConfig {
             problems.take(span, validate_aws(a.into_inner()))
         });
 
+        let user_identity = raw.identity.and_then(|i| {
+            let span = i.span();
+            crate::identity::config::validate(i.into_inner(), span, env)
+                .map_err(|found| found.into_iter().for_each(|(s, m)| problems.at(s, m)))
+                .ok()
+        });
         let mut routes = BTreeMap::new();
         for (name, route) in raw.routes {
             let span = route.span();
@@ -344,6 +366,7 @@ impl AgentConfig {
                 span,
                 route.into_inner(),
                 &declared,
+                user_identity.as_ref(),
                 problems,
             ) {
                 routes.insert(name.into_inner(), route);
@@ -372,6 +395,7 @@ impl AgentConfig {
             audit_required,
             forward,
             forward_headers,
+            user_identity,
         })
     }
 }

@@ -11,6 +11,7 @@ use tether_wire::protocol::valid_route_name;
 use toml::Spanned;
 
 use super::{DEFAULT_ROUTE_TIMEOUT, Problems, Route, RouteHeader};
+use crate::identity::config::{IdentitySettings, RawRouteAccess};
 use crate::policy::{PathRule, RoutePolicy};
 use crate::secrets::placeholder::{Origin, Template};
 
@@ -30,14 +31,21 @@ pub(super) struct RawRoute {
     allow_override_headers: bool,
     #[serde(default)]
     upstream_http2: bool,
+    users: Option<Vec<Spanned<String>>>,
+    groups: Option<Vec<Spanned<String>>>,
+    identity: Option<Spanned<String>>,
+    forward_identity: Option<Spanned<bool>>,
+    policy: Option<Spanned<PathBuf>>,
 }
 
 /// `[routes.NAME]` validated (`span`: the table); every problem recorded.
+/// `identity`: the `[identity]` section, if any.
 pub(super) fn validate(
     name: &str,
     span: Range<usize>,
     raw: RawRoute,
     secrets: &BTreeSet<String>,
+    identity: Option<&IdentitySettings>,
     problems: &mut Problems<'_>,
 ) -> Option<Route> {
     let before = problems.found.len();
@@ -97,12 +105,39 @@ pub(super) fn validate(
             Vec::new()
         }
     };
+    let access = crate::identity::config::validate_route(
+        name,
+        span.clone(),
+        RawRouteAccess {
+            users: raw.users,
+            groups: raw.groups,
+            identity: raw.identity,
+            forward_identity: raw.forward_identity,
+            policy: raw.policy,
+        },
+        identity.is_some(),
+    )
+    .map_err(|found| found.into_iter().for_each(|(s, m)| problems.at(s, m)))
+    .unwrap_or_default();
     let headers = validate_headers(
         &format!("routes.{name}.headers"),
         &raw.headers,
         secrets,
+        access.required,
         problems,
     );
+    if let Some(identity) = identity
+        && access.forward_identity
+        && headers.iter().any(|h| h.name == identity.header)
+    {
+        problems.at(
+            span.clone(),
+            format!(
+                "routes.{name}: forward_identity with a route header {} of the same name",
+                identity.header
+            ),
+        );
+    }
     let timeout = raw.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     if timeout.is_zero() {
         problems.at(
@@ -141,6 +176,7 @@ pub(super) fn validate(
         keys,
         allow_override_headers: raw.allow_override_headers,
         upstream_http2: raw.upstream_http2,
+        access,
     })
 }
 
@@ -167,12 +203,14 @@ fn upstream_url(url: &str) -> Result<(String, Origin, String), String> {
 }
 
 /// Headers the agent's own config sets (route `headers`, forward
-/// `headers`): names valid, placeholders naming declared secrets. Every
+/// `headers`): names valid, placeholders naming declared secrets, user
+/// placeholders only where identity is required (`user_allowed`). Every
 /// problem is recorded; the valid headers are returned.
 pub(super) fn validate_headers(
     key: &str,
     raw: &BTreeMap<Spanned<String>, Spanned<String>>,
     secrets: &BTreeSet<String>,
+    user_allowed: bool,
     problems: &mut Problems<'_>,
 ) -> Vec<RouteHeader> {
     let mut headers = Vec::new();
@@ -192,6 +230,10 @@ pub(super) fn validate_headers(
                 continue;
             }
         };
+        if let Err(m) = crate::identity::headers::check_template(&template, user_allowed) {
+            problems.at(value.span(), format!("{here}: {m}"));
+            continue;
+        }
         let mut known = true;
         for secret in template.secrets() {
             if !secrets.contains(secret) {

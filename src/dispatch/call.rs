@@ -46,6 +46,17 @@ impl Dispatcher {
         strip_hop_by_hop(&mut parts.headers);
         strip_tether(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        // `[identity]`: the user's token stays here unless the route
+        // forwards it; `Impersonate-*` only from the agent's config.
+        crate::identity::headers::strip_caller(
+            &mut parts.headers,
+            self.identity.as_ref().map(|v| v.header()),
+            route.access.forward_identity,
+        );
+        let user = parts
+            .extensions
+            .get::<crate::identity::Verified>()
+            .map(|v| v.0.clone());
         if !route.allow_override_headers {
             hygiene::strip_override_headers(&mut parts.headers);
         }
@@ -77,7 +88,13 @@ impl Dispatcher {
                 );
             }
         };
-        if let Err(name) = inject::inject(&mut parts.headers, caller_templates, route, &values) {
+        if let Err(name) = inject::inject(
+            &mut parts.headers,
+            caller_templates,
+            route,
+            &values,
+            user.as_deref(),
+        ) {
             audit.log(StatusCode::BAD_GATEWAY, "secret_unavailable");
             return fail(
                 ErrorCode::SecretUnavailable,

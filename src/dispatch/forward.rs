@@ -129,6 +129,7 @@ impl Dispatcher {
             keys: None,
             allow_override_headers: false,
             upstream_http2: false,
+            access: Default::default(),
         };
         self.call_upstream(
             req,

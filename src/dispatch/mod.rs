@@ -2,7 +2,8 @@
 //!
 //! - `control`: control requests (reserved authority), every one of them.
 //! - `route`: a named route: route lookup → keys → policy (method,
-//!   normalised path).
+//!   normalised path) → `access` (end-user identity, users/groups, the
+//!   route's Rego policy).
 //! - `forward`: forward mode: `[forward]` lists → SSRF guard.
 //! - `connect`: CONNECT tunnels to forward targets.
 //! - `call`: the upstream call routes and forward mode share: header
@@ -24,6 +25,7 @@ use crate::config::{AgentConfig, Route};
 use crate::secrets::Secrets;
 use crate::upstream::{Clients, TlsConfigError, UpstreamClient};
 
+mod access;
 mod call;
 mod connect;
 mod control;
@@ -36,6 +38,22 @@ pub use control::SessionSignals;
 struct LiveRoute {
     route: Route,
     client: UpstreamClient,
+    /// `policy = "file.rego"`, compiled.
+    policy: Option<Arc<crate::rego::Policy>>,
+}
+
+/// Why a dispatcher could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// A route's policy does not compile.
+    #[error(transparent)]
+    Policy(#[from] crate::rego::PolicyError),
+    /// `[identity]`'s key fetch could not be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::fetch::FetchError),
 }
 
 /// Forward mode, when `[forward] allow` is set.
@@ -55,27 +73,43 @@ pub struct Dispatcher {
     audit: Arc<AuditLog>,
     /// `token_file`, when `accept_rotation` lets the relay push new tokens.
     rotation_target: Option<std::path::PathBuf>,
+    /// `[identity]`: verifies end-user tokens.
+    identity: Option<Arc<crate::identity::keys::Verifier>>,
 }
 
 impl Dispatcher {
-    /// Builds upstream clients for every route of `config`.
+    /// Builds upstream clients for every route of `config`, compiles the
+    /// routes' policies and starts fetching the identity issuer's keys.
     pub fn new(
         config: &AgentConfig,
         secrets: Arc<Secrets>,
         audit: Arc<AuditLog>,
-    ) -> Result<Self, TlsConfigError> {
+    ) -> Result<Self, BuildError> {
         let mut clients = Clients::default();
         let mut routes = HashMap::new();
         for (name, route) in &config.routes {
             let client = clients.get(route.ca_file.as_deref(), route.protocol())?;
+            let policy = match &route.access.policy {
+                Some(path) => Some(Arc::new(crate::rego::Policy::load(path)?)),
+                None => None,
+            };
             routes.insert(
                 name.clone(),
                 LiveRoute {
                     route: route.clone(),
                     client,
+                    policy,
                 },
             );
         }
+        let identity = match &config.user_identity {
+            Some(settings) => {
+                let verifier = Arc::new(crate::identity::keys::Verifier::new(settings)?);
+                verifier.spawn_refresh();
+                Some(verifier)
+            }
+            None => None,
+        };
         let info = AgentInfo {
             name: config.identity.name.clone(),
             instance: config.identity.instance.clone(),
@@ -113,6 +147,7 @@ impl Dispatcher {
             secrets,
             audit,
             rotation_target,
+            identity,
         })
     }
 

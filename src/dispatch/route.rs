@@ -1,5 +1,6 @@
 //! A request for a named route (`/v1/routes/{route}/…`): route lookup,
-//! the route's key list and policy, then the upstream call.
+//! the route's key list and policy, its identity rules, then the upstream
+//! call.
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -10,7 +11,7 @@ use super::call::Upstream;
 use super::{Dispatcher, header_str};
 
 impl Dispatcher {
-    pub(super) async fn handle_relayed(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    pub(super) async fn handle_relayed(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let method = req.method().clone();
@@ -55,6 +56,13 @@ impl Dispatcher {
             }
         };
         audit.record.path.clone_from(&path);
+        match self.admit(live, &req, &path, &mut audit).await {
+            Ok(Some(user)) => {
+                req.extensions_mut().insert(crate::identity::Verified(user));
+            }
+            Ok(None) => {}
+            Err(problem) => return problem.with_request_id(request_id.clone()).into_response(),
+        }
         let target = match req.uri().query() {
             Some(q) => format!("{}{}{path}?{q}", route.origin, route.base_path),
             None => format!("{}{}{path}", route.origin, route.base_path),

@@ -40,8 +40,9 @@ pub struct User {
     pub groups: Vec<String>,
     /// The token's `iss`.
     pub issuer: String,
-    /// The token's `exp` (unix seconds): how long a verified token may be
-    /// cached.
+    /// Until when (unix seconds) the verification holds: the token's
+    /// `exp`, or `iat + max_age` when that comes first. How long a
+    /// verified token may be cached.
     pub expires: u64,
 }
 
@@ -145,14 +146,19 @@ pub fn verify(token: &str, keys: &KeySet, rules: &Rules, now: u64) -> Result<Use
             .collect(),
         _ => Vec::new(),
     };
+    let exp = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let too_old_at = rules.max_age.and_then(|max_age| {
+        let iat = claims.get("iat").and_then(serde_json::Value::as_u64)?;
+        Some(iat + max_age.as_secs())
+    });
     Ok(User {
         name,
         groups,
         issuer: rules.issuer.clone(),
-        expires: claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0),
+        expires: too_old_at.map_or(exp, |t| t.min(exp)),
     })
 }
 

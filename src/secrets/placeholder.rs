@@ -9,6 +9,10 @@
 //!   `scheme://host[:port]` in `callers.targets`;
 //! - never the path, query or body (nothing there is ever parsed);
 //! - an unknown or malformed placeholder is refused, never passed on.
+//!
+//! `${{ user.name }}` and `${{ user.groups }}` (DESIGN.md, "End-user
+//! identity") parse here too, so a value is read once: what a verified
+//! claim fills in becomes literal text and is never parsed again.
 
 use std::fmt;
 
@@ -19,6 +23,26 @@ pub enum Part {
     Literal(String),
     /// The value of the named secret.
     Secret(String),
+    /// A claim of the verified end user.
+    User(UserField),
+}
+
+/// What `${{ user.… }}` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserField {
+    /// `${{ user.name }}`: the user claim.
+    Name,
+    /// `${{ user.groups }}`: one group; the header is repeated per group.
+    Groups,
+}
+
+/// A placeholder as [`Template::render`] asks for its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placeholder<'a> {
+    /// `${{ secrets.NAME }}`.
+    Secret(&'a str),
+    /// `${{ user.… }}` not filled by [`Template::for_user`].
+    User(UserField),
 }
 
 /// A header value with zero or more placeholders.
@@ -33,8 +57,11 @@ pub enum TemplateError {
     /// `${{` without a closing `}}`.
     #[error("unterminated placeholder: `${{{{` without `}}}}`")]
     Unterminated,
-    /// Something other than `secrets.NAME` between the braces.
-    #[error("placeholder must read `${{{{ secrets.NAME }}}}`, found {0:?}")]
+    /// Something other than `secrets.NAME`, `user.name` or `user.groups`
+    /// between the braces.
+    #[error(
+        "placeholder must read `${{{{ secrets.NAME }}}}`, `${{{{ user.name }}}}` or `${{{{ user.groups }}}}`, found {0:?}"
+    )]
     Malformed(String),
 }
 
@@ -53,11 +80,20 @@ impl Template {
             let after = &rest[start + OPEN.len()..];
             let end = after.find(CLOSE).ok_or(TemplateError::Unterminated)?;
             let inner = after[..end].trim();
-            let name = inner
-                .strip_prefix("secrets.")
-                .filter(|n| valid_secret_name(n))
-                .ok_or_else(|| TemplateError::Malformed(inner.chars().take(64).collect()))?;
-            parts.push(Part::Secret(name.to_owned()));
+            let part = match inner {
+                "user.name" => Part::User(UserField::Name),
+                "user.groups" => Part::User(UserField::Groups),
+                _ => {
+                    let name = inner
+                        .strip_prefix("secrets.")
+                        .filter(|n| valid_secret_name(n))
+                        .ok_or_else(|| {
+                            TemplateError::Malformed(inner.chars().take(64).collect())
+                        })?;
+                    Part::Secret(name.to_owned())
+                }
+            };
+            parts.push(part);
             rest = &after[end + CLOSE.len()..];
         }
         if !rest.is_empty() {
@@ -76,25 +112,58 @@ impl Template {
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Secret(name) => Some(name.as_str()),
-            Part::Literal(_) => None,
+            Part::Literal(_) | Part::User(_) => None,
+        })
+    }
+
+    /// The `${{ user.… }}` placeholders used, in order (may repeat).
+    pub fn user_fields(&self) -> impl Iterator<Item = UserField> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::User(field) => Some(*field),
+            Part::Literal(_) | Part::Secret(_) => None,
         })
     }
 
     /// Whether the template has no placeholder.
     pub fn is_literal(&self) -> bool {
-        self.secrets().next().is_none()
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
-    /// Renders the template, asking `lookup` for each secret's value.
+    /// The template with the user's claims filled in as literal text (so
+    /// never parsed again): one template, or one per group when the value
+    /// uses `${{ user.groups }}` (none for a user without groups).
+    pub fn for_user(&self, name: &str, groups: &[String]) -> Vec<Self> {
+        let fill = |group: Option<&str>| Self {
+            parts: self
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::User(UserField::Name) => Part::Literal(name.to_owned()),
+                    Part::User(UserField::Groups) => {
+                        Part::Literal(group.unwrap_or_default().to_owned())
+                    }
+                    other => other.clone(),
+                })
+                .collect(),
+        };
+        if self.user_fields().any(|f| f == UserField::Groups) {
+            groups.iter().map(|g| fill(Some(g))).collect()
+        } else {
+            vec![fill(None)]
+        }
+    }
+
+    /// Renders the template, asking `lookup` for each placeholder's value.
     pub fn render<E>(
         &self,
-        mut lookup: impl FnMut(&str) -> Result<String, E>,
+        mut lookup: impl FnMut(Placeholder<'_>) -> Result<String, E>,
     ) -> Result<String, E> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
-                Part::Secret(name) => out.push_str(&lookup(name)?),
+                Part::Secret(name) => out.push_str(&lookup(Placeholder::Secret(name))?),
+                Part::User(field) => out.push_str(&lookup(Placeholder::User(*field))?),
             }
         }
         Ok(out)
@@ -172,7 +241,10 @@ mod tests {
     fn parses_literals_and_placeholders() {
         let t = Template::parse("Bearer ${{ secrets.jenkins_token }}!").unwrap();
         assert_eq!(t.secrets().collect::<Vec<_>>(), ["jenkins_token"]);
-        let out: Result<_, ()> = t.render(|n| Ok(format!("<{n}>")));
+        let out: Result<_, ()> = t.render(|n| match n {
+            Placeholder::Secret(n) => Ok(format!("<{n}>")),
+            Placeholder::User(_) => Err(()),
+        });
         assert_eq!(out.unwrap(), "Bearer <jenkins_token>!");
         let t = Template::parse("${{secrets.a}}:${{  secrets.b  }}").unwrap();
         assert_eq!(t.secrets().collect::<Vec<_>>(), ["a", "b"]);
@@ -199,6 +271,34 @@ mod tests {
         ));
         assert!(matches!(
             Template::parse("${{ secrets.${{ secrets.a }} }}"),
+            Err(TemplateError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn user_placeholders_fill_once_and_repeat_per_group() {
+        let t = Template::parse("tether:${{ user.groups }}").unwrap();
+        assert!(!t.is_literal());
+        assert_eq!(t.secrets().count(), 0);
+        let groups = ["a".to_owned(), "${{ secrets.x }}".to_owned()];
+        let filled = t.for_user("jane", &groups);
+        let text: Vec<String> = filled
+            .iter()
+            .map(|t| t.render(|_| Err::<String, ()>(())).unwrap())
+            .collect();
+        // A claim holding a placeholder stays text: single pass.
+        assert_eq!(text, ["tether:a", "tether:${{ secrets.x }}"]);
+        assert!(t.for_user("jane", &[]).is_empty());
+        let t = Template::parse("${{ user.name }} ${{ secrets.k }}").unwrap();
+        let filled = t.for_user("${{ secrets.k }}", &groups);
+        assert_eq!(filled.len(), 1);
+        let out = filled[0].render(|p| match p {
+            Placeholder::Secret(_) => Ok::<_, ()>("S".to_owned()),
+            Placeholder::User(_) => Err(()),
+        });
+        assert_eq!(out.unwrap(), "${{ secrets.k }} S");
+        assert!(matches!(
+            Template::parse("${{ user.email }}"),
             Err(TemplateError::Malformed(_))
         ));
     }

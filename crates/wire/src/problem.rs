@@ -55,6 +55,13 @@ pub enum ErrorCode {
     /// 503: the agent cannot write its audit file (`[audit] required`):
     /// it refuses requests rather than serve them without an audit line.
     AuditUnavailable,
+    /// 401: the end-user token (`[identity] header`) is missing or
+    /// invalid; the answer carries `WWW-Authenticate: Bearer
+    /// error="invalid_token"`.
+    IdentityInvalid,
+    /// 502: the agent has no usable keys of the end users' issuer (never
+    /// fetched, or unreachable for longer than `jwks_max_age`).
+    IdentityUnavailable,
 }
 
 impl ErrorCode {
@@ -78,6 +85,8 @@ impl ErrorCode {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamHeadersTooLarge => StatusCode::BAD_GATEWAY,
             Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdentityInvalid => StatusCode::UNAUTHORIZED,
+            Self::IdentityUnavailable => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -101,6 +110,8 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::UpstreamHeadersTooLarge => "upstream_headers_too_large",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::IdentityInvalid => "identity_invalid",
+            Self::IdentityUnavailable => "identity_unavailable",
         }
     }
 
@@ -124,6 +135,8 @@ impl ErrorCode {
             Self::Internal => "Internal error",
             Self::UpstreamHeadersTooLarge => "Upstream response headers too large",
             Self::AuditUnavailable => "Audit trail unavailable",
+            Self::IdentityInvalid => "Missing or invalid end-user token",
+            Self::IdentityUnavailable => "End-user identity unavailable",
         }
     }
 }
@@ -212,6 +225,13 @@ impl Problem {
                 HeaderValue::from_static("Basic realm=\"tether\", Bearer"),
             );
         }
+        if self.code == ErrorCode::IdentityInvalid {
+            // RFC 6750 §3.1.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if self.code == ErrorCode::RateLimited {
             // Every budget we keep refills within a second.
             response
@@ -252,6 +272,8 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::UpstreamHeadersTooLarge,
             ErrorCode::AuditUnavailable,
+            ErrorCode::IdentityInvalid,
+            ErrorCode::IdentityUnavailable,
         ];
         for code in all {
             let json = serde_json::to_string(&code).unwrap();
