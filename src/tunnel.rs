@@ -401,6 +401,8 @@ async fn serve_session(
         .keep_alive_timeout(config.relay.ping_timeout)
         .adaptive_window(true)
         .max_concurrent_streams(1024)
+        // Upgrades (WebSocket, SPDY) arrive as extended CONNECT (RFC 8441).
+        .enable_connect_protocol()
         // The relay's request heads are bounded the same way as the
         // answers the agent sends back (tether_wire::protocol).
         .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)

@@ -13,11 +13,13 @@
 //! - `routes`: `[routes.NAME]` and the headers routes and forward targets set.
 //! - `forward`: `[forward]`.
 //! - `audit`: `[audit]`.
+//! - `limits`: `[limits]`, and the `upgrades` lists of routes and `[forward]`.
 //! - `[secrets.NAME]`, `[vault]`, `[aws]`: [`crate::secrets::config`].
 
 mod agent;
 mod audit;
 mod forward;
+mod limits;
 mod relay;
 mod routes;
 #[cfg(test)]
@@ -42,6 +44,7 @@ use crate::secrets::config::{
 use crate::secrets::placeholder::{Origin, Template};
 
 pub use forward::ForwardHeaders;
+pub use limits::{DEFAULT_MAX_UPGRADED, DEFAULT_UPGRADE_IDLE_TIMEOUT, Limits};
 
 pub use crate::env::{Env, ProcessEnv};
 
@@ -64,6 +67,7 @@ struct RawConfig {
     aws: Option<Spanned<RawAws>>,
     audit: Option<Spanned<audit::RawAudit>>,
     forward: Option<Spanned<forward::RawForward>>,
+    limits: Option<Spanned<limits::RawLimits>>,
 }
 
 // ---- the validated form --------------------------------------------------
@@ -97,6 +101,10 @@ pub struct AgentConfig {
     /// `[forward.headers."scheme://host[:port]"]`: headers set on requests
     /// to that target (may use any secret).
     pub forward_headers: ForwardHeaders,
+    /// `[forward] upgrades`: protocols forward-mode callers may upgrade to.
+    pub forward_upgrades: Vec<tether_wire::upgrade::UpgradeToken>,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 /// `[relay]`.
@@ -183,6 +191,10 @@ pub struct Route {
     /// `X-Original-URL`, …) reach the upstream; removed by default, since
     /// the route's rules checked the request line, not what they say.
     pub allow_override_headers: bool,
+    /// Protocols callers may upgrade to on this route (`websocket`,
+    /// `SPDY/3.1`); none by default: an upgrade is 403 `denied` and the
+    /// upstream never sees it.
+    pub upgrades: Vec<tether_wire::upgrade::UpgradeToken>,
 }
 
 /// A header a route sets.
@@ -334,13 +346,14 @@ impl AgentConfig {
                 routes.insert(name.into_inner(), route);
             }
         }
-        let (mut forward, forward_headers) = match raw.forward {
+        let (mut forward, forward_headers, forward_upgrades) = match raw.forward {
             Some(f) => {
                 let span = f.span();
                 forward::validate(f.into_inner(), span, &declared, problems)
             }
             None => Default::default(),
         };
+        let limits = limits::validate(raw.limits, problems);
         forward.admin = admin_listen;
         let (audit_file, audit_required) = audit::validate(raw.audit, problems);
 
@@ -357,6 +370,8 @@ impl AgentConfig {
             audit_required,
             forward,
             forward_headers,
+            forward_upgrades,
+            limits,
         })
     }
 }

@@ -28,6 +28,7 @@ pub(super) struct RawRoute {
     keys: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     allow_override_headers: bool,
+    upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `[routes.NAME]` validated (`span`: the table); every problem recorded.
@@ -123,6 +124,11 @@ pub(super) fn validate(
             })
             .collect()
     });
+    let upgrades = super::limits::validate_upgrades(
+        &format!("routes.{name}.upgrades"),
+        raw.upgrades.as_ref(),
+        problems,
+    );
     let (origin, target, base_path) = upstream?;
     if problems.found.len() > before {
         return None;
@@ -138,6 +144,7 @@ pub(super) fn validate(
         timeout,
         keys,
         allow_override_headers: raw.allow_override_headers,
+        upgrades,
     })
 }
 

@@ -128,6 +128,7 @@ impl Dispatcher {
             timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
             keys: None,
             allow_override_headers: false,
+            upgrades: forward.upgrades.clone(),
         };
         self.call_upstream(
             req,
