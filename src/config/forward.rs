@@ -72,7 +72,8 @@ pub(super) fn validate(
             headers.push((parsed, list));
         }
     }
-    let upgrades = super::limits::validate_upgrades("forward.upgrades", raw.upgrades.as_ref(), problems);
+    let upgrades =
+        super::limits::validate_upgrades("forward.upgrades", raw.upgrades.as_ref(), problems);
     if raw.allow.is_empty() && !raw.headers.is_empty() {
         problems.at(
             span,

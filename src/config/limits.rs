@@ -43,10 +43,7 @@ impl Default for Limits {
 }
 
 /// `[limits]` validated (`span`: the table).
-pub(super) fn validate(
-    raw: Option<Spanned<RawLimits>>,
-    problems: &mut Problems<'_>,
-) -> Limits {
+pub(super) fn validate(raw: Option<Spanned<RawLimits>>, problems: &mut Problems<'_>) -> Limits {
     let mut limits = Limits::default();
     let Some(raw) = raw else {
         return limits;
@@ -56,10 +53,7 @@ pub(super) fn validate(
     if let Some(max) = raw.max_upgraded {
         match usize::try_from(*max.get_ref()) {
             Ok(n) => limits.max_upgraded = n,
-            Err(_) => problems.at(
-                max.span(),
-                "limits.max_upgraded: 0 (no upgrades) or more",
-            ),
+            Err(_) => problems.at(max.span(), "limits.max_upgraded: 0 (no upgrades) or more"),
         }
     }
     if let Some(idle) = raw.upgrade_idle_timeout {

@@ -96,7 +96,10 @@ impl Dispatcher {
             None,
         );
         let mut upstream_req = Request::from_parts(parts, body.boxed());
-        if let Some(pending) = upstream_req.extensions_mut().remove::<super::upgrade::PendingUpgrade>() {
+        if let Some(pending) = upstream_req
+            .extensions_mut()
+            .remove::<super::upgrade::PendingUpgrade>()
+        {
             return self
                 .upgrade_upstream(pending, upstream_req, route, &client, audit, request_id)
                 .await;

@@ -146,8 +146,7 @@ impl Dispatcher {
             Ok(token) => token,
             Err(e) => return fail(ErrorCode::BadRequest, e.to_string()),
         };
-        let Some(method) =
-            original_method(req.headers()).filter(|m| *m != http::Method::CONNECT)
+        let Some(method) = original_method(req.headers()).filter(|m| *m != http::Method::CONNECT)
         else {
             return fail(ErrorCode::BadRequest, "upgrade without its method".into());
         };
@@ -223,9 +222,12 @@ impl Dispatcher {
         let handshake = Request::from_parts(parts, empty_body());
 
         let exchange = async {
-            let io = self.dial_upstream(&target, route.ca_file.as_deref(), forward).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await?;
+            let io = self
+                .dial_upstream(&target, route.ca_file.as_deref(), forward)
+                .await?;
+            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
                     tracing::debug!(error = %e, "upgrade connection to the upstream ended");
@@ -280,7 +282,10 @@ impl Dispatcher {
             audit.log(StatusCode::BAD_GATEWAY, "upstream_headers_too_large");
             return fail(
                 ErrorCode::UpstreamHeadersTooLarge,
-                format!("route {route_name}: upstream response headers over {} bytes", e.limit),
+                format!(
+                    "route {route_name}: upstream response headers over {} bytes",
+                    e.limit
+                ),
             );
         }
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -297,8 +302,13 @@ impl Dispatcher {
             let _slot = pending.slot;
             let end = match tokio::join!(pending.relay_side, upstream_side) {
                 (Ok(relay), Ok(upstream)) => {
-                    let spliced =
-                        splice(TokioIo::new(relay), TokioIo::new(upstream), Some(idle), &stop).await;
+                    let spliced = splice(
+                        TokioIo::new(relay),
+                        TokioIo::new(upstream),
+                        Some(idle),
+                        &stop,
+                    )
+                    .await;
                     record.bytes_in = spliced.a_to_b;
                     record.bytes_out = spliced.b_to_a;
                     spliced.end.as_str()
@@ -347,7 +357,10 @@ impl Dispatcher {
             audit.log(StatusCode::BAD_GATEWAY, "upstream_headers_too_large");
             return Problem::new(
                 ErrorCode::UpstreamHeadersTooLarge,
-                format!("route {route_name}: upstream response headers over {} bytes", e.limit),
+                format!(
+                    "route {route_name}: upstream response headers over {} bytes",
+                    e.limit
+                ),
             )
             .with_request_id(request_id.to_owned())
             .into_response();
@@ -384,7 +397,8 @@ impl Dispatcher {
             vec![SocketAddr::new(ip, port)]
         } else if forward {
             let pins = self.upgrades.pins.as_ref();
-            pins.map(|p| p.get(&host)).unwrap_or_default()
+            pins.map(|p| p.get(&host))
+                .unwrap_or_default()
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, port))
                 .collect()
@@ -413,9 +427,15 @@ impl Dispatcher {
         if !https {
             return Ok(Box::new(tcp));
         }
-        let key = if forward { None } else { ca_file.map(Path::to_owned) };
+        let key = if forward {
+            None
+        } else {
+            ca_file.map(Path::to_owned)
+        };
         let Some(tls) = self.upgrades.tls.get(&key) else {
-            return Err(DialError::Tls(std::io::Error::other("no TLS configuration")));
+            return Err(DialError::Tls(std::io::Error::other(
+                "no TLS configuration",
+            )));
         };
         let name = rustls_pki_types::ServerName::try_from(host.clone())
             .map_err(|_| DialError::Name(host.clone()))?;
@@ -437,7 +457,11 @@ pub(super) fn admit<B>(
     let Some(pending) = req.extensions().get::<PendingUpgrade>() else {
         return Ok(());
     };
-    if route.upgrades.iter().any(|t| t.matches(pending.token.as_str())) {
+    if route
+        .upgrades
+        .iter()
+        .any(|t| t.matches(pending.token.as_str()))
+    {
         return Ok(());
     }
     audit.log(StatusCode::FORBIDDEN, "denied");

@@ -80,7 +80,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.registry.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .registry
+            .by_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(open) = map.get_mut(&self.key) {
             open.remove(&self.id);
             if open.is_empty() {
@@ -187,7 +191,13 @@ impl CallerUpgrade {
                     return;
                 }
             };
-            let spliced = splice(TokioIo::new(caller_io), TokioIo::new(far_io), None, &slot.stop).await;
+            let spliced = splice(
+                TokioIo::new(caller_io),
+                TokioIo::new(far_io),
+                None,
+                &slot.stop,
+            )
+            .await;
             tracing::info!(%request_id, key = %slot.key, protocol = %token,
                 to_agent = spliced.a_to_b, from_agent = spliced.b_to_a,
                 end = spliced.end.as_str(), "upgraded connection closed");

@@ -48,7 +48,11 @@ impl UpgradeToken {
         if !well_formed {
             return Err(TokenError::Malformed(text.chars().take(80).collect()));
         }
-        if text.split('/').next().is_some_and(|name| name.eq_ignore_ascii_case("h2c")) {
+        if text
+            .split('/')
+            .next()
+            .is_some_and(|name| name.eq_ignore_ascii_case("h2c"))
+        {
             return Err(TokenError::H2c);
         }
         Ok(Self(text.to_owned()))
@@ -232,7 +236,11 @@ mod tests {
         for bad in ["", "a b", "a/", "/1", "a/b/c", "x\u{e9}", &"a".repeat(65)] {
             assert!(UpgradeToken::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(UpgradeToken::parse("WebSocket").unwrap().matches("websocket"));
+        assert!(
+            UpgradeToken::parse("WebSocket")
+                .unwrap()
+                .matches("websocket")
+        );
     }
 
     #[test]
@@ -244,12 +252,19 @@ mod tests {
 
     #[test]
     fn one_token_exactly() {
-        let ok = ask(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let ok = ask(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(ok.unwrap().unwrap().as_str(), "websocket");
         for bad in [
             vec![("connection", "upgrade")],
             vec![("connection", "upgrade"), ("upgrade", "websocket, h2c")],
-            vec![("connection", "upgrade"), ("upgrade", "websocket"), ("upgrade", "x")],
+            vec![
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "x"),
+            ],
             vec![("connection", "upgrade"), ("upgrade", "h2c")],
             vec![("connection", "upgrade"), ("upgrade", "")],
             vec![("connection", "upgrade"), ("upgrade", &*"a".repeat(5000))],
@@ -266,8 +281,14 @@ mod tests {
             all.push(extra);
             ask(&all)
         };
-        assert_eq!(with(("content-length", "5")), Err(UpgradeRequestError::Body));
-        assert_eq!(with(("transfer-encoding", "chunked")), Err(UpgradeRequestError::Body));
+        assert_eq!(
+            with(("content-length", "5")),
+            Err(UpgradeRequestError::Body)
+        );
+        assert_eq!(
+            with(("transfer-encoding", "chunked")),
+            Err(UpgradeRequestError::Body)
+        );
         assert!(with(("content-length", "0")).is_ok());
         assert_eq!(
             requested(http::Version::HTTP_10, &headers(&up)),
@@ -286,14 +307,20 @@ mod tests {
         let s = StatusCode::SWITCHING_PROTOCOLS;
         assert_eq!(verify_switch(&ws, Some(&key), s, &good), Ok(()));
         let wrong = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "x")]);
-        assert_eq!(verify_switch(&ws, Some(&key), s, &wrong), Err(SwitchError::BadAccept));
+        assert_eq!(
+            verify_switch(&ws, Some(&key), s, &wrong),
+            Err(SwitchError::BadAccept)
+        );
         let missing = headers(&[("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")]);
         assert!(matches!(
             verify_switch(&ws, Some(&key), s, &missing),
             Err(SwitchError::WrongProtocol { .. })
         ));
         let spdy = UpgradeToken::parse("SPDY/3.1").unwrap();
-        assert_eq!(verify_switch(&spdy, None, s, &headers(&[("upgrade", "spdy/3.1")])), Ok(()));
+        assert_eq!(
+            verify_switch(&spdy, None, s, &headers(&[("upgrade", "spdy/3.1")])),
+            Ok(())
+        );
         assert!(verify_switch(&spdy, None, s, &headers(&[("upgrade", "websocket")])).is_err());
     }
 }

@@ -1,0 +1,686 @@
+//! Upgrades (WebSocket, SPDY) through relay and agent: real WebSocket
+//! peers (the Python `websockets` package, tests/support/ws_peers.py) and
+//! raw TCP upstreams answering what a broken or SPDY server answers.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "s3cret-handshake-value";
+
+fn peers_script() -> PathBuf {
+    repo_file("tests/support/ws_peers.py")
+}
+
+/// The `websockets` echo server, killed on drop.
+struct WsServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WsServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("connections.jsonl");
+        let mut child = Command::new("python3")
+            .arg(peers_script())
+            .arg("server")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with websockets (scripts/test.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("ws server said {line:?}"));
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// One JSON document per connection that ended.
+    fn connections(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn route(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[routes.{name}]\nurl = \"http://{}\"\nmethods = [\"GET\"]\npaths = [\"/**\"]\n{extra}\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for WsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `websockets` client running `scenario` through the relay; its last
+/// JSON line (bounded by [`LIMIT`]).
+async fn ws_client(relay: &Relay, path: &str, key: &str, scenario: &str) -> serde_json::Value {
+    let child = ws_client_spawn(relay, path, key, scenario);
+    tokio::task::spawn_blocking(move || finish(child))
+        .await
+        .unwrap()
+}
+
+fn ws_client_spawn(relay: &Relay, path: &str, key: &str, scenario: &str) -> Child {
+    Command::new("python3")
+        .arg(peers_script())
+        .arg("client")
+        .arg(format!("ws://{}{path}", relay.public))
+        .arg(key)
+        .arg(scenario)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (bounded) for a client and parses its last line.
+fn finish(mut child: Child) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ws client still running after {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let last = out.lines().last().unwrap_or_else(|| panic!("no output"));
+    serde_json::from_str(last).unwrap()
+}
+
+/// A client in the `hold` scenario, its connection up.
+struct Held {
+    child: Child,
+    rest: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Held {
+    /// Waits (bounded) until the connection ended; what the client saw.
+    async fn ended(mut self) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connection still open after {LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = self.rest.take().unwrap().join().unwrap();
+        serde_json::from_str(out.lines().last().unwrap_or("{}")).unwrap()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client in the `hold` scenario: its first line once the connection
+/// is up, and the client.
+fn hold(relay: &Relay, path: &str, key: &str) -> (serde_json::Value, Held) {
+    let mut child = ws_client_spawn(relay, path, key, "hold");
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut line).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut s);
+        s
+    });
+    (
+        first,
+        Held {
+            child,
+            rest: Some(rest),
+        },
+    )
+}
+
+/// Relay + agent of account `acme` with `config` (routes, limits…), its
+/// secret file holding [`SECRET`].
+struct Setup {
+    relay: Relay,
+    agent: Agent,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(relay_extra: &str, config: &str) -> Setup {
+    let relay = Relay::start(relay_extra);
+    let token = relay.token("acme");
+    let key = relay.key("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = format!("{config}\n[secrets.ws]\nfile = \"{}\"\n", secret.display());
+    let agent = Agent::start(&relay.agent_url(), &token, "agent-a", &config);
+    relay.wait_sessions(2).await;
+    Setup {
+        relay,
+        agent,
+        key,
+        _dir: dir,
+    }
+}
+
+const INJECT: &str =
+    "upgrades = [\"websocket\"]\nheaders = { X-Handshake-Token = \"Bearer ${{ secrets.ws }}\" }";
+
+#[tokio::test]
+async fn a_websocket_passes_subprotocols_close_codes_and_a_large_binary_message_both_ways() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+
+    let echo = ws_client(&s.relay, "/v1/routes/ws/chat?room=1", &s.key, "echo").await;
+    assert_eq!(echo["subprotocol"], "tether.test.v1", "{echo}");
+    assert_eq!(echo["hello"]["subprotocol"], "tether.test.v1", "{echo}");
+    assert_eq!(
+        echo["hello"]["offered"], "tether.test.v2, tether.test.v1",
+        "{echo}"
+    );
+    assert_eq!(echo["text"], "hello through the tunnel", "{echo}");
+    assert_eq!(echo["binary_len"], 3 * 1024 * 1024 / 2, "{echo}");
+    assert_eq!(echo["binary_sent"], echo["binary_back"], "{echo}");
+    // The injected value reaches the server, never the caller.
+    assert!(!echo.to_string().contains(SECRET), "{echo}");
+    assert!(
+        echo["response_headers"]["tether-agent"].is_string(),
+        "{echo}"
+    );
+
+    let closed = ws_client(&s.relay, "/v1/routes/ws/chat", &s.key, "server_close").await;
+    assert_eq!(closed["close_code"], 4002, "{closed}");
+    assert_eq!(closed["close_reason"], "server says bye", "{closed}");
+
+    until(LIMIT, "both connections in the server's log", || async {
+        ws.connections().len() == 2
+    })
+    .await;
+    let seen = ws.connections();
+    let first = seen
+        .iter()
+        .find(|c| c["path"] == "/chat?room=1")
+        .expect("path kept");
+    assert_eq!(first["close_code"], 4001, "{first}");
+    assert_eq!(first["close_reason"], "client says bye", "{first}");
+    let headers = first["headers"].as_object().unwrap();
+    assert_eq!(headers["x-handshake-token"], format!("Bearer {SECRET}"));
+    assert!(!headers.contains_key("proxy-authorization"), "{first}");
+    assert!(!headers.keys().any(|k| k.starts_with("tether-")), "{first}");
+    assert_eq!(headers["upgrade"], "websocket");
+
+    // Audit: a line at the 101 and one at the close with bytes both ways.
+    let text = s.agent.log.lock().unwrap().join("\n");
+    assert!(
+        text.contains("status=101 decision=upgraded"),
+        "no open line"
+    );
+    let close = text
+        .lines()
+        .find(|l| l.contains("path=/chat ") && l.contains("decision=closed"))
+        .expect("a close line");
+    let bytes_in: u64 = close
+        .split("bytes_in=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(bytes_in > 1024 * 1024, "{close}");
+}
+
+#[tokio::test]
+async fn an_upgrade_to_a_route_without_upgrades_is_denied_and_never_dialled() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", "")).await;
+    let refused = ws_client(&s.relay, "/v1/routes/ws/chat", &s.key, "echo").await;
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert!(
+        refused["body"].as_str().unwrap().contains("denied"),
+        "{refused}"
+    );
+    // An ordinary request to the same server shows it is up, and that it
+    // never saw the upgrade.
+    let (status, _, _) = get(
+        &s.relay.url("/v1/routes/ws/plain"),
+        &[("proxy-authorization", &format!("Bearer {}", s.key))],
+    )
+    .await;
+    assert_ne!(status, 403);
+    assert!(ws.connections().is_empty(), "{:?}", ws.connections());
+}
+
+#[tokio::test]
+async fn a_non_101_answer_reaches_the_caller_as_a_response() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let denied = ws_client(&s.relay, "/v1/routes/ws/deny", &s.key, "echo").await;
+    assert_eq!(denied["status"], 401, "{denied}");
+    assert_eq!(denied["body"], "who are you\n", "{denied}");
+    let missing = ws_client(&s.relay, "/v1/routes/ws/missing", &s.key, "echo").await;
+    assert_eq!(missing["status"], 404, "{missing}");
+    assert_eq!(missing["body"], "nothing here\n", "{missing}");
+}
+
+// ---- raw peers -------------------------------------------------------------
+
+/// What a raw upstream got on one connection: the request head and every
+/// byte after it.
+#[derive(Debug, Default, Clone)]
+struct Got {
+    head: String,
+    after: Vec<u8>,
+}
+
+/// How a raw upstream answers an upgrade.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// These bytes, then it only listens.
+    Bytes(&'static [u8]),
+    /// A correct WebSocket 101, then bytes as fast as the caller takes them.
+    Flood,
+    /// `Upgrade: SPDY/3.1`, then an echo.
+    Spdy,
+}
+
+/// A raw TCP upstream; what each connection brought.
+async fn raw_upstream(answer: Answer) -> (SocketAddr, Arc<Mutex<Vec<Got>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let (head, rest) = read_head(&mut tcp).await;
+                let index = {
+                    let mut all = record.lock().unwrap();
+                    all.push(Got {
+                        head: head.clone(),
+                        after: rest.clone(),
+                    });
+                    all.len() - 1
+                };
+                match answer {
+                    Answer::Bytes(bytes) => {
+                        let _ = tcp.write_all(bytes).await;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(Ok(n)) =
+                            tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await
+                        {
+                            if n == 0 {
+                                break;
+                            }
+                            record.lock().unwrap()[index]
+                                .after
+                                .extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Answer::Flood => {
+                        let key = header_of(&head, "sec-websocket-key").unwrap_or_default();
+                        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                            key.as_bytes(),
+                        );
+                        let reply = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                        );
+                        let _ = tcp.write_all(reply.as_bytes()).await;
+                        let chunk = vec![0x42u8; 64 * 1024];
+                        while tcp.write_all(&chunk).await.is_ok() {}
+                    }
+                    Answer::Spdy => {
+                        let reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n\r\n";
+                        let _ = tcp.write_all(reply).await;
+                        let _ = tcp.write_all(&rest).await;
+                        let (mut r, mut w) = tcp.into_split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Reads a head up to its blank line; the head and what came after.
+async fn read_head(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            return (head, buf[i + 4..].to_vec());
+        }
+        let n = tcp.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return (String::from_utf8_lossy(&buf).into_owned(), Vec::new());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A raw caller: `head_lines` (each ending CRLF) after the request line
+/// and `extra` bytes right behind the head (a pipelining caller); the
+/// answer's head, what followed it, and the open connection.
+async fn raw_caller(
+    relay: &Relay,
+    request_line: &str,
+    key: &str,
+    head_lines: &str,
+    extra: &[u8],
+) -> (String, Vec<u8>, TcpStream) {
+    let mut tcp = TcpStream::connect(relay.public).await.unwrap();
+    let mut bytes = format!(
+        "{request_line} HTTP/1.1\r\nHost: relay\r\nProxy-Authorization: Bearer {key}\r\n{head_lines}\r\n"
+    )
+    .into_bytes();
+    bytes.extend_from_slice(extra);
+    tcp.write_all(&bytes).await.unwrap();
+    let (head, rest) = tokio::time::timeout(LIMIT, read_head(&mut tcp))
+        .await
+        .expect("an answer head");
+    (head, rest, tcp)
+}
+
+const WS_HEAD: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn raw_route(name: &str, addr: SocketAddr, methods: &str, upgrades: &str) -> String {
+    format!(
+        "[routes.{name}]\nurl = \"http://{addr}\"\nmethods = {methods}\npaths = [\"/**\"]\nupgrades = {upgrades}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_bad_101_is_502_and_the_upstream_never_gets_a_caller_byte() {
+    let bad: [&'static [u8]; 4] = [
+        // Wrong Sec-WebSocket-Accept.
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        // No Upgrade field.
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        // Another protocol.
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        // Bytes before the status line.
+        b"garbage\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    ];
+    for answer in bad {
+        let (addr, seen) = raw_upstream(Answer::Bytes(answer)).await;
+        let s = setup("", &raw_route("raw", addr, "[\"GET\"]", "[\"websocket\"]")).await;
+        let (head, _, _tcp) = raw_caller(
+            &s.relay,
+            "GET /v1/routes/raw/socket",
+            &s.key,
+            WS_HEAD,
+            b"CALLER-BYTES-EARLY",
+        )
+        .await;
+        assert_eq!(
+            status_of(&head),
+            502,
+            "{head}\nanswer: {}",
+            String::from_utf8_lossy(answer)
+        );
+        until(LIMIT, "the upstream connection closed", || async {
+            seen.lock().unwrap().len() == 1
+        })
+        .await;
+        // The agent closed the connection: nothing more will come.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = seen.lock().unwrap()[0].clone();
+        assert!(got.head.starts_with("GET /socket HTTP/1.1"), "{got:?}");
+        assert!(
+            got.after.is_empty(),
+            "caller bytes reached the upstream: {got:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_spdy_upgrade_is_checked_as_post_and_echoes_bytes_with_half_close() {
+    let (addr, seen) = raw_upstream(Answer::Spdy).await;
+    let config = format!(
+        "{}\n{}",
+        raw_route("exec", addr, "[\"GET\", \"POST\"]", "[\"SPDY/3.1\"]"),
+        raw_route("readonly", addr, "[\"GET\"]", "[\"SPDY/3.1\"]"),
+    );
+    let s = setup("", &config).await;
+    let spdy = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n";
+
+    let (head, _, _tcp) = raw_caller(
+        &s.relay,
+        "POST /v1/routes/readonly/api/v1/namespaces/x/pods/p/exec",
+        &s.key,
+        spdy,
+        b"",
+    )
+    .await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the readonly route dialled"
+    );
+
+    let (head, rest, mut tcp) = raw_caller(
+        &s.relay,
+        "POST /v1/routes/exec/api/v1/namespaces/x/pods/p/exec?command=sh",
+        &s.key,
+        spdy,
+        b"",
+    )
+    .await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(header_of(&head, "upgrade").as_deref(), Some("SPDY/3.1"));
+    assert!(rest.is_empty());
+    tcp.write_all(b"spdy frames both ways").await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(LIMIT, tcp.read_to_end(&mut echoed))
+        .await
+        .expect("echo and close")
+        .unwrap();
+    assert_eq!(echoed, b"spdy frames both ways");
+    let got = seen.lock().unwrap()[0].clone();
+    assert!(
+        got.head
+            .starts_with("POST /api/v1/namespaces/x/pods/p/exec?command=sh HTTP/1.1"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_upgrades_are_400_and_callers_cannot_choose_the_method() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let cases = [
+        "Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: SPDY/3.1\r\n",
+        "Connection: Upgrade\r\nUpgrade: h2c\r\n",
+        "Connection: Upgrade\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n",
+    ];
+    for lines in cases {
+        let (head, _, _) =
+            raw_caller(&s.relay, "GET /v1/routes/ws/x", &s.key, lines, b"hello").await;
+        assert_eq!(status_of(&head), 400, "{lines:?}: {head}");
+    }
+    let long = format!("Connection: Upgrade\r\nUpgrade: {}\r\n", "w".repeat(10_000));
+    let (head, _, _) = raw_caller(&s.relay, "GET /v1/routes/ws/x", &s.key, &long, b"").await;
+    assert_eq!(status_of(&head), 400, "{head}");
+
+    // A caller naming the relay's method header is ignored: the route
+    // allows GET only and the upgrade goes as the GET it is.
+    let sneaky = format!(
+        "{WS_HEAD}Sec-WebSocket-Protocol: tether.test.v1\r\nTether-Upgrade-Method: POST\r\n"
+    );
+    let (head, _, _tcp) = raw_caller(&s.relay, "GET /v1/routes/ws/x", &s.key, &sneaky, b"").await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(
+        header_of(&head, "sec-websocket-accept").as_deref(),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    assert!(ws.connections().is_empty() || ws.connections().len() == 1);
+}
+
+#[tokio::test]
+async fn upgrade_limits_answer_429_and_an_idle_connection_is_closed() {
+    let ws = WsServer::start();
+    let config = format!(
+        "{}\n[limits]\nmax_upgraded = 1\nupgrade_idle_timeout = \"3s\"\n",
+        ws.route("ws", INJECT)
+    );
+    let s = setup("", &config).await;
+    let (first, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
+    assert_eq!(first["subprotocol"], "tether.test.v1", "{first}");
+    let second = ws_client(&s.relay, "/v1/routes/ws/b", &s.key, "echo").await;
+    assert_eq!(second["status"], 429, "{second}");
+    assert_eq!(second["response_headers"]["retry-after"], "1", "{second}");
+    // Nothing moves on the held connection: the agent closes it.
+    let ended = held.ended().await;
+    assert_eq!(ended["closed"], true, "{ended}");
+    until(LIMIT, "the idle connection in the server's log", || async {
+        !ws.connections().is_empty()
+    })
+    .await;
+    let text = s.agent.log.lock().unwrap().join("\n");
+    assert!(text.contains("decision=idle_timeout"), "no idle close line");
+
+    // The relay's per-key limit.
+    let ws2 = WsServer::start();
+    let s2 = setup(
+        "[limits]\nmax_upgraded_per_key = 1\n",
+        &ws2.route("ws", INJECT),
+    )
+    .await;
+    let (_, held) = hold(&s2.relay, "/v1/routes/ws/a", &s2.key);
+    let second = ws_client(&s2.relay, "/v1/routes/ws/b", &s2.key, "echo").await;
+    assert_eq!(second["status"], 429, "{second}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn revoking_the_key_closes_its_upgraded_connections() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
+    s.relay.cli_output(&["keys", "revoke", &s.key[4..20]]);
+    let ended = held.ended().await;
+    assert_eq!(ended["closed"], true, "{ended}");
+    until(LIMIT, "the server saw the connection end", || async {
+        ws.connections().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killing_the_agent_mid_connection_closes_both_ends() {
+    let ws = WsServer::start();
+    let mut s = setup("", &ws.route("ws", INJECT)).await;
+    let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
+    s.agent.kill();
+    let ended = held.ended().await;
+    assert_eq!(ended["closed"], true, "{ended}");
+    until(LIMIT, "the server saw the connection end", || async {
+        ws.connections().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killing_the_relay_mid_connection_closes_both_ends() {
+    let ws = WsServer::start();
+    let mut s = setup("", &ws.route("ws", INJECT)).await;
+    let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
+    s.relay.kill();
+    let ended = held.ended().await;
+    assert_eq!(ended["closed"], true, "{ended}");
+    until(LIMIT, "the server saw the connection end", || async {
+        ws.connections().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sixty_four_upgrades_whose_callers_stop_reading_do_not_stall_ordinary_requests() {
+    let (flood, _) = raw_upstream(Answer::Flood).await;
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "{}\n{}",
+        raw_route("flood", flood, "[\"GET\"]", "[\"websocket\"]"),
+        upstream.route("plain", "[\"GET\"]", "[\"/**\"]"),
+    );
+    let s = setup("", &config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let (head, _, tcp) =
+            raw_caller(&s.relay, "GET /v1/routes/flood/x", &s.key, WS_HEAD, b"").await;
+        assert_eq!(status_of(&head), 101, "{head}");
+        stalled.push(tcp); // never read again
+    }
+    let auth = format!("Bearer {}", s.key);
+    for _ in 0..5 {
+        let answer = tokio::time::timeout(
+            LIMIT,
+            get(
+                &s.relay.url("/v1/routes/plain/hello"),
+                &[("proxy-authorization", &auth)],
+            ),
+        )
+        .await
+        .expect("an ordinary request answered beside 64 stalled upgrades");
+        assert_eq!(answer.0, 200);
+    }
+    drop(stalled);
+}
