@@ -39,7 +39,7 @@ impl Dispatcher {
                 .with_request_id(request_id.to_owned())
                 .into_response()
         };
-        if let Err(refused) = super::upgrade::admit(&req, route, &mut audit, request_id) {
+        if let Some(refused) = super::upgrade::refusal(&req, route, &mut audit, request_id) {
             return refused;
         }
         let (mut parts, body) = req.into_parts();

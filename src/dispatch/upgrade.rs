@@ -447,31 +447,31 @@ impl Dispatcher {
     }
 }
 
-/// `Err` with the 403 when `req` is an upgrade `route` does not list.
-pub(super) fn admit<B>(
+/// The 403 when `req` is an upgrade `route` does not list.
+pub(super) fn refusal<B>(
     req: &Request<B>,
     route: &Route,
     audit: &mut Audit,
     request_id: &str,
-) -> Result<(), Response<BoxBody>> {
-    let Some(pending) = req.extensions().get::<PendingUpgrade>() else {
-        return Ok(());
-    };
+) -> Option<Response<BoxBody>> {
+    let pending = req.extensions().get::<PendingUpgrade>()?;
     if route
         .upgrades
         .iter()
         .any(|t| t.matches(pending.token.as_str()))
     {
-        return Ok(());
+        return None;
     }
     audit.log(StatusCode::FORBIDDEN, "denied");
-    Err(Problem::new(
-        ErrorCode::Denied,
-        format!(
-            "{}: upgrades to {} are not allowed here (upgrades)",
-            route.name, pending.token
-        ),
+    Some(
+        Problem::new(
+            ErrorCode::Denied,
+            format!(
+                "{}: upgrades to {} are not allowed here (upgrades)",
+                route.name, pending.token
+            ),
+        )
+        .with_request_id(request_id.to_owned())
+        .into_response(),
     )
-    .with_request_id(request_id.to_owned())
-    .into_response())
 }

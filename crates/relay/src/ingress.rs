@@ -131,9 +131,9 @@ pub(crate) async fn relay(
         }
     }
 
-    let upgrade = match CallerUpgrade::of(state, call, caller, &mut req) {
+    let upgrade = match CallerUpgrade::of(state, caller, &mut req) {
         Ok(upgrade) => upgrade,
-        Err(refused) => return refused,
+        Err((code, detail)) => return call.fail(code, &detail),
     };
     let (mut parts, body) = req.into_parts();
     let Ok(uri) = Uri::try_from(format!("http://{authority}{path_and_query}")) else {

@@ -104,24 +104,23 @@ pub(crate) struct CallerUpgrade {
 }
 
 impl CallerUpgrade {
-    /// `Ok(None)` for an ordinary request; the caller's upgrade, or the
-    /// relay's refusal of it (400 malformed, 429 over the key's limit).
+    /// `Ok(None)` for an ordinary request; the caller's upgrade, or why
+    /// the relay refuses it (400 malformed, 429 over the key's limit).
     pub(crate) fn of<B>(
         state: &State,
-        call: &Call,
         caller: &Identity,
         req: &mut Request<B>,
-    ) -> Result<Option<Self>, Response<BoxBody>> {
+    ) -> Result<Option<Self>, (ErrorCode, String)> {
         let token = match requested(req.version(), req.headers()) {
             Ok(Some(token)) => token,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(call.fail(ErrorCode::BadRequest, &e.to_string())),
+            Err(e) => return Err((ErrorCode::BadRequest, e.to_string())),
         };
         let max = state.config.limits.max_upgraded_per_key;
         let Some(slot) = state.upgraded.open(&caller.credential_id, max) else {
-            return Err(call.fail(
+            return Err((
                 ErrorCode::RateLimited,
-                &format!(
+                format!(
                     "this API key holds {} upgraded connections ([limits] max_upgraded_per_key)",
                     max.unwrap_or_default()
                 ),
