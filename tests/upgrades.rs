@@ -93,13 +93,18 @@ async fn ws_client(relay: &Relay, path: &str, key: &str, scenario: &str) -> serd
 }
 
 fn ws_client_spawn(relay: &Relay, path: &str, key: &str, scenario: &str) -> Child {
+    let stdin = if scenario == "drain" {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     Command::new("python3")
         .arg(peers_script())
         .arg("client")
         .arg(format!("ws://{}{path}", relay.public))
         .arg(key)
         .arg(scenario)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
@@ -153,7 +158,12 @@ impl Drop for Held {
 /// A client in the `hold` scenario: its first line once the connection
 /// is up, and the client.
 fn hold(relay: &Relay, path: &str, key: &str) -> (serde_json::Value, Held) {
-    let mut child = ws_client_spawn(relay, path, key, "hold");
+    hold_in(relay, path, key, "hold")
+}
+
+/// [`hold`] with another holding scenario (`drain`).
+fn hold_in(relay: &Relay, path: &str, key: &str, scenario: &str) -> (serde_json::Value, Held) {
+    let mut child = ws_client_spawn(relay, path, key, scenario);
     let mut line = String::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     reader.read_line(&mut line).unwrap();
@@ -683,4 +693,60 @@ async fn sixty_four_upgrades_whose_callers_stop_reading_do_not_stall_ordinary_re
         assert_eq!(answer.0, 200);
     }
     drop(stalled);
+}
+
+#[tokio::test]
+async fn forward_mode_upgrades_only_where_forward_upgrades_allow() {
+    let ws = WsServer::start();
+    let origin = format!("http://{}", ws.addr);
+    let forward = |upgrades: &str| {
+        format!(
+            "[forward]\nallow = [\"127.0.0.1/32\"]\n{upgrades}\n\
+             [forward.headers.\"{origin}\"]\nX-Handshake-Token = \"Bearer ${{{{ secrets.ws }}}}\"\n"
+        )
+    };
+    let path = format!("/v1/forward/http/{}/chat", ws.addr);
+
+    let off = setup("", &forward("")).await;
+    let refused = ws_client(&off.relay, &path, &off.key, "echo").await;
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert!(ws.connections().is_empty());
+    drop(off);
+
+    let on = setup("", &forward("upgrades = [\"websocket\"]")).await;
+    let echo = ws_client(&on.relay, &path, &on.key, "echo").await;
+    assert_eq!(echo["text"], "hello through the tunnel", "{echo}");
+    assert_eq!(echo["binary_sent"], echo["binary_back"], "{echo}");
+    until(LIMIT, "the connection in the server's log", || async {
+        ws.connections().len() == 1
+    })
+    .await;
+    let seen = &ws.connections()[0];
+    assert_eq!(
+        seen["headers"]["x-handshake-token"],
+        format!("Bearer {SECRET}")
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_upgraded_connection_run_until_the_drain_timeout() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let (_, mut held) = hold_in(&s.relay, "/v1/routes/ws/a", &s.key, "drain");
+    s.agent.signal("TERM");
+    {
+        use std::io::Write;
+        let stdin = held.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"term\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    // The support agent's drain_timeout is 2 s: the connection keeps
+    // echoing after SIGTERM, then is closed.
+    let ended = held.ended().await;
+    assert_eq!(ended["closed"], true, "{ended}");
+    assert!(ended["echoes_after_term"].as_u64().unwrap() > 0, "{ended}");
+    until(LIMIT, "the server saw the connection end", || async {
+        ws.connections().len() == 1
+    })
+    .await;
 }

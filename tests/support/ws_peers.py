@@ -96,6 +96,22 @@ async def client(url, key, scenario):
                 except ConnectionClosed as e:
                     result["close_code"] = e.rcvd.code if e.rcvd else None
                     result["close_reason"] = e.rcvd.reason if e.rcvd else None
+            elif scenario == "drain":
+                # Echoes until the connection ends; counts those after the
+                # test writes a line to stdin (it sent SIGTERM first).
+                print(json.dumps(result), flush=True)
+                result = {"echoes_after_term": 0}
+                told = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+                try:
+                    while True:
+                        await ws.send("tick")
+                        await ws.recv()
+                        if told.done():
+                            result["echoes_after_term"] += 1
+                        await asyncio.sleep(0.05)
+                except ConnectionClosed as e:
+                    result["closed"] = True
+                    result["close_code"] = e.rcvd.code if e.rcvd else None
             elif scenario == "hold":
                 print(json.dumps(result), flush=True)
                 result = {}
