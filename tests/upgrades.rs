@@ -750,3 +750,73 @@ async fn sigterm_lets_an_upgraded_connection_run_until_the_drain_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_http2_caller_upgrades_with_extended_connect() {
+    use futures_util::{SinkExt, StreamExt};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let tcp = TcpStream::connect(s.relay.public).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // A first request lets the relay's SETTINGS (ENABLE_CONNECT_PROTOCOL) arrive.
+    let health = http::Request::get(s.relay.url("/healthz"))
+        .body(tether_wire::empty_body())
+        .unwrap();
+    assert_eq!(sender.send_request(health).await.unwrap().status(), 200);
+
+    let mut connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(s.relay.url("/v1/routes/ws/h2chat"))
+        .header("proxy-authorization", format!("Bearer {}", s.key))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "tether.test.v2")
+        .body(tether_wire::empty_body())
+        .unwrap();
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(LIMIT, sender.send_request(connect))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "tether.test.v2"
+    );
+    assert!(!response.headers().contains_key("sec-websocket-accept"));
+    let io = hyper::upgrade::on(&mut response).await.unwrap();
+    let mut socket =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None)
+            .await;
+    let hello = socket.next().await.unwrap().unwrap();
+    assert!(
+        hello.to_text().unwrap().contains("tether.test.v2"),
+        "{hello:?}"
+    );
+    socket.send(Message::text("over h2")).await.unwrap();
+    let echo = socket.next().await.unwrap().unwrap();
+    assert_eq!(echo.to_text().unwrap(), "over h2");
+    socket.close(None).await.unwrap();
+    // The close handshake done, the client lets go of its stream.
+    while socket.next().await.is_some() {}
+    drop(socket);
+    until(LIMIT, "the server saw the connection", || async {
+        ws.connections().len() == 1
+    })
+    .await;
+    let seen = &ws.connections()[0];
+    assert_eq!(seen["path"], "/h2chat");
+    assert_eq!(
+        seen["headers"]["x-handshake-token"],
+        format!("Bearer {SECRET}")
+    );
+}

@@ -217,6 +217,18 @@ impl Dispatcher {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, token_value);
         parts.headers.remove(header::CONTENT_LENGTH);
+        if pending.token.is_websocket() && !parts.headers.contains_key("sec-websocket-key") {
+            // An HTTP/2 caller (RFC 8441) has no key: the agent makes one,
+            // and checks the upstream's answer against it as for any other.
+            let generated = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+            if let Ok(value) = HeaderValue::from_str(&generated) {
+                parts.headers.insert("sec-websocket-key", value);
+            }
+            parts
+                .headers
+                .entry("sec-websocket-version")
+                .or_insert(HeaderValue::from_static("13"));
+        }
         let key = parts.headers.get("sec-websocket-key").cloned();
         let forward = matches!(client, Upstream::Forward(_));
         let handshake = Request::from_parts(parts, empty_body());

@@ -12,6 +12,10 @@
 //! is never sent again once it may have reached an agent ([`crate::replay`]
 //! only replays GET, HEAD and OPTIONS).
 //!
+//! HTTP/2 callers use extended CONNECT (RFC 8441) for WebSocket: the
+//! same extended CONNECT goes on to the agent, which makes the WebSocket
+//! key for the upstream; the caller gets 200.
+//!
 //! `[limits] max_upgraded_per_key` bounds the connections a key holds;
 //! revoking the key closes them ([`Upgraded::close_key`]).
 
@@ -24,7 +28,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tether_wire::splice::splice;
-use tether_wire::upgrade::{METHOD_HEADER, UpgradeToken, requested};
+use tether_wire::upgrade::{METHOD_HEADER, UpgradeToken, requested, requested_h2};
 use tether_wire::{BoxBody, ErrorCode, empty_body};
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +103,9 @@ impl Drop for Slot {
 pub(crate) struct CallerUpgrade {
     token: UpgradeToken,
     method: Method,
+    /// An HTTP/2 caller's extended CONNECT: answered 200, without the
+    /// HTTP/1.1 handshake fields (the agent made the WebSocket key).
+    extended: bool,
     caller: OnUpgrade,
     slot: Slot,
 }
@@ -111,10 +118,25 @@ impl CallerUpgrade {
         caller: &Identity,
         req: &mut Request<B>,
     ) -> Result<Option<Self>, (ErrorCode, String)> {
-        let token = match requested(req.version(), req.headers()) {
-            Ok(Some(token)) => token,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err((ErrorCode::BadRequest, e.to_string())),
+        let h2 = requested_h2(req);
+        let token = match (h2.clone(), requested(req.version(), req.headers())) {
+            (Some(Ok(token)), _) if token.is_websocket() => token,
+            (Some(Ok(token)), _) => {
+                return Err((
+                    ErrorCode::BadRequest,
+                    format!("extended CONNECT for {token}: only websocket is defined over HTTP/2"),
+                ));
+            }
+            (Some(Err(e)), _) => return Err((ErrorCode::BadRequest, e.to_string())),
+            (None, Ok(Some(token))) => token,
+            (None, Ok(None)) => return Ok(None),
+            (None, Err(e)) => return Err((ErrorCode::BadRequest, e.to_string())),
+        };
+        // RFC 8441 §5: the extended CONNECT stands for the GET of RFC 6455.
+        let method = if h2.is_some() {
+            Method::GET
+        } else {
+            req.method().clone()
         };
         let max = state.config.limits.max_upgraded_per_key;
         let Some(slot) = state.upgraded.open(&caller.credential_id, max) else {
@@ -128,7 +150,8 @@ impl CallerUpgrade {
         };
         Ok(Some(Self {
             token,
-            method: req.method().clone(),
+            method,
+            extended: h2.is_some(),
             caller: hyper::upgrade::on(req),
             slot,
         }))
@@ -163,14 +186,19 @@ impl CallerUpgrade {
         let far = hyper::upgrade::on(&mut dispatched);
         let (parts, body) = dispatched.into_parts();
         let mut response = Response::new(empty_body());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *response.headers_mut() = parts.headers;
         let headers = response.headers_mut();
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::TRANSFER_ENCODING);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Ok(token) = HeaderValue::from_str(self.token.as_str()) {
-            headers.insert(header::UPGRADE, token);
+        if self.extended {
+            headers.remove("sec-websocket-accept");
+        } else {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Ok(token) = HeaderValue::from_str(self.token.as_str()) {
+                headers.insert(header::UPGRADE, token);
+            }
         }
         let request_id = call.request_id.clone();
         let Self {

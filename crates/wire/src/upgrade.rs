@@ -150,6 +150,16 @@ pub fn requested(
     Ok(Some(token))
 }
 
+/// An HTTP/2 extended CONNECT (RFC 8441) from a caller: its `:protocol`,
+/// `None` for anything else. Only WebSocket is defined over HTTP/2.
+pub fn requested_h2<B>(req: &http::Request<B>) -> Option<Result<UpgradeToken, TokenError>> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+    Some(UpgradeToken::parse(protocol.as_str()))
+}
+
 /// The caller's method as the relay wrote it in [`METHOD_HEADER`].
 pub fn original_method(headers: &HeaderMap) -> Option<Method> {
     let value = headers.get(METHOD_HEADER)?.to_str().ok()?;
