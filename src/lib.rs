@@ -355,7 +355,10 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
         }
     };
     let dispatcher = match Dispatcher::new(&new, secrets, audit) {
-        Ok(d) => Arc::new(d),
+        Ok(mut d) => {
+            d.keep_upgrade_slots(&reload.dispatcher.borrow());
+            Arc::new(d)
+        }
         Err(e) => {
             tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
             return;

@@ -127,6 +127,18 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Dispatcher {
+    /// Takes over the upgraded-connection slots of the `running`
+    /// dispatcher on a reload, so that connections open before it still
+    /// count against `[limits] max_upgraded` (whose value a reload does
+    /// not change).
+    pub fn keep_upgrade_slots(&mut self, running: &Dispatcher) {
+        if self.upgrades.max != running.upgrades.max {
+            tracing::warn!("[limits] max_upgraded changed: it takes effect only after a restart");
+        }
+        self.upgrades.slots = running.upgrades.slots.clone();
+        self.upgrades.max = running.upgrades.max;
+    }
+
     /// An extended CONNECT from the relay: the caller's method restored,
     /// a `[limits] max_upgraded` slot taken, then the route or forward
     /// target handles it as any request up to the upstream call.
