@@ -252,15 +252,15 @@ impl Dispatcher {
             let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await?;
-            tokio::spawn(async move {
+            let driver = tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
                     tracing::debug!(error = %e, "upgrade connection to the upstream ended");
                 }
             });
-            Ok::<_, DialError>(sender.send_request(handshake).await?)
+            Ok::<_, DialError>((sender.send_request(handshake).await?, driver))
         };
-        let mut response = match tokio::time::timeout(route.timeout, exchange).await {
-            Ok(Ok(response)) => response,
+        let (mut response, driver) = match tokio::time::timeout(route.timeout, exchange).await {
+            Ok(Ok(exchanged)) => exchanged,
             Ok(Err(e)) => {
                 tracing::info!(%request_id, route = %route_name, error = %crate::error_chain(&e),
                     "upstream unreachable for an upgrade");
@@ -286,8 +286,14 @@ impl Dispatcher {
             return self.not_switched(response, route_name, audit, request_id);
         }
         if let Err(e) = verify_switch(&pending.token, key.as_ref(), status, response.headers()) {
-            // Dropping the response closes the connection: the upstream
-            // got nothing but the handshake.
+            // The connection is closed now: the upstream got nothing but
+            // the handshake. Whichever side holds it — hyper's driver, or
+            // the switched connection it handed over — lets go of it here.
+            let switched = hyper::upgrade::on(&mut response);
+            driver.abort();
+            if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(1), switched).await {
+                drop(io);
+            }
             tracing::warn!(%request_id, route = %route_name, error = %e,
                 "upstream's 101 refused; connection closed");
             audit.log(StatusCode::BAD_GATEWAY, "bad_upgrade");
