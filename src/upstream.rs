@@ -151,7 +151,7 @@ impl Pins {
         map.insert(host.to_owned(), addrs);
     }
 
-    fn get(&self, host: &str) -> Vec<std::net::IpAddr> {
+    pub(crate) fn get(&self, host: &str) -> Vec<std::net::IpAddr> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(host).cloned().unwrap_or_default()
     }

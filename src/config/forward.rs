@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use serde::Deserialize;
+use tether_wire::upgrade::UpgradeToken;
 use toml::Spanned;
 
 use super::routes::validate_headers;
@@ -22,6 +23,7 @@ pub(super) struct RawForward {
     connect_ports: Option<Vec<Spanned<i64>>>,
     #[serde(default)]
     headers: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<String>>>,
+    upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `[forward.headers."scheme://host[:port]"]`: headers per target origin.
@@ -34,7 +36,7 @@ pub(super) fn validate(
     span: Range<usize>,
     secrets: &BTreeSet<String>,
     problems: &mut Problems<'_>,
-) -> (ForwardPolicy, ForwardHeaders) {
+) -> (ForwardPolicy, ForwardHeaders, Vec<UpgradeToken>) {
     let mut entries = |list: &[Spanned<String>], key: &str| -> Vec<Entry> {
         list.iter()
             .filter_map(|e| {
@@ -70,6 +72,8 @@ pub(super) fn validate(
             headers.push((parsed, list));
         }
     }
+    let upgrades =
+        super::limits::validate_upgrades("forward.upgrades", raw.upgrades.as_ref(), problems);
     if raw.allow.is_empty() && !raw.headers.is_empty() {
         problems.at(
             span,
@@ -85,5 +89,6 @@ pub(super) fn validate(
             services: Vec::new(),
         },
         headers,
+        upgrades,
     )
 }

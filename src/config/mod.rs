@@ -13,11 +13,13 @@
 //! - `routes`: `[routes.NAME]` and the headers routes and forward targets set.
 //! - `forward`: `[forward]`.
 //! - `audit`: `[audit]`.
+//! - `limits`: `[limits]`, and the `upgrades` lists of routes and `[forward]`.
 //! - `[secrets.NAME]`, `[vault]`, `[aws]`: [`crate::secrets::config`].
 
 mod agent;
 mod audit;
 mod forward;
+mod limits;
 mod relay;
 mod routes;
 #[cfg(test)]
@@ -42,6 +44,7 @@ use crate::secrets::config::{
 use crate::secrets::placeholder::{Origin, Template};
 
 pub use forward::ForwardHeaders;
+pub use limits::{DEFAULT_MAX_UPGRADED, DEFAULT_UPGRADE_IDLE_TIMEOUT, Limits};
 
 pub use crate::env::{Env, ProcessEnv};
 
@@ -65,6 +68,7 @@ struct RawConfig {
     audit: Option<Spanned<audit::RawAudit>>,
     forward: Option<Spanned<forward::RawForward>>,
     identity: Option<Spanned<crate::identity::config::RawIdentity>>,
+    limits: Option<Spanned<limits::RawLimits>>,
 }
 
 // ---- the validated form --------------------------------------------------
@@ -100,6 +104,10 @@ pub struct AgentConfig {
     pub forward_headers: ForwardHeaders,
     /// `[identity]`: end-user tokens and whose keys verify them.
     pub user_identity: Option<crate::identity::config::IdentitySettings>,
+    /// `[forward] upgrades`: protocols forward-mode callers may upgrade to.
+    pub forward_upgrades: Vec<tether_wire::upgrade::UpgradeToken>,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 /// `[relay]`.
@@ -193,6 +201,10 @@ pub struct Route {
     /// Which end users may use the route (`users`, `groups`, `identity`,
     /// `forward_identity`, `policy`).
     pub access: crate::identity::config::RouteAccess,
+    /// Protocols callers may upgrade to on this route (`websocket`,
+    /// `SPDY/3.1`); none by default: an upgrade is 403 `denied` and the
+    /// upstream never sees it.
+    pub upgrades: Vec<tether_wire::upgrade::UpgradeToken>,
 }
 
 impl Route {
@@ -372,13 +384,14 @@ impl AgentConfig {
                 routes.insert(name.into_inner(), route);
             }
         }
-        let (mut forward, forward_headers) = match raw.forward {
+        let (mut forward, forward_headers, forward_upgrades) = match raw.forward {
             Some(f) => {
                 let span = f.span();
                 forward::validate(f.into_inner(), span, &declared, problems)
             }
             None => Default::default(),
         };
+        let limits = limits::validate(raw.limits, problems);
         forward.admin = admin_listen;
         let (audit_file, audit_required) = audit::validate(raw.audit, problems);
 
@@ -396,6 +409,8 @@ impl AgentConfig {
             forward,
             forward_headers,
             user_identity,
+            forward_upgrades,
+            limits,
         })
     }
 }

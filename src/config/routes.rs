@@ -36,6 +36,7 @@ pub(super) struct RawRoute {
     identity: Option<Spanned<String>>,
     forward_identity: Option<Spanned<bool>>,
     policy: Option<Spanned<PathBuf>>,
+    upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `[routes.NAME]` validated (`span`: the table); every problem recorded.
@@ -160,6 +161,19 @@ pub(super) fn validate(
             })
             .collect()
     });
+    let upgrades = super::limits::validate_upgrades(
+        &format!("routes.{name}.upgrades"),
+        raw.upgrades.as_ref(),
+        problems,
+    );
+    if raw.upstream_http2 && !upgrades.is_empty() {
+        // An upgrade is an HTTP/1.1 handshake on a dedicated connection;
+        // an HTTP/2-only upstream has no such thing.
+        problems.at(
+            span.clone(),
+            format!("routes.{name}: upgrades cannot be used with upstream_http2 = true"),
+        );
+    }
     let (origin, target, base_path) = upstream?;
     if problems.found.len() > before {
         return None;
@@ -177,6 +191,7 @@ pub(super) fn validate(
         allow_override_headers: raw.allow_override_headers,
         upstream_http2: raw.upstream_http2,
         access,
+        upgrades,
     })
 }
 

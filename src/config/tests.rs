@@ -192,4 +192,12 @@ fn upstream_http2_picks_the_http2_only_client() {
     );
     let err = error_of(&format!("{MINIMAL}upstream_http2 = \"yes\"\n"));
     assert!(err.starts_with("a.toml:"), "{err}");
+    // An upgrade is an HTTP/1.1 handshake: not on an HTTP/2-only route.
+    let both = format!("{MINIMAL}upstream_http2 = true\nupgrades = [\"websocket\"]\n");
+    let err = error_of(&both);
+    assert!(err.starts_with("a.toml:"), "{err}");
+    assert!(
+        err.contains("upgrades cannot be used with upstream_http2"),
+        "{err}"
+    );
 }

@@ -40,6 +40,9 @@ impl Dispatcher {
                 .with_request_id(request_id.to_owned())
                 .into_response()
         };
+        if let Some(refused) = super::upgrade::refusal(&req, route, &mut audit, request_id) {
+            return refused;
+        }
         let (mut parts, body) = req.into_parts();
         parts.uri = target;
         parts.version = http::Version::HTTP_11;
@@ -110,6 +113,14 @@ impl Dispatcher {
             Direction::In { route_writes },
         );
         let mut upstream_req = Request::from_parts(parts, body.boxed());
+        if let Some(pending) = upstream_req
+            .extensions_mut()
+            .remove::<super::upgrade::PendingUpgrade>()
+        {
+            return self
+                .upgrade_upstream(pending, upstream_req, route, &client, audit, request_id)
+                .await;
+        }
         let informational = hygiene::Informational::watch(&mut upstream_req);
 
         let response = tokio::time::timeout(route.timeout, async {

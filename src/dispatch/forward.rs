@@ -130,6 +130,7 @@ impl Dispatcher {
             allow_override_headers: false,
             upstream_http2: false,
             access: Default::default(),
+            upgrades: forward.upgrades.clone(),
         };
         self.call_upstream(
             req,

@@ -6,6 +6,8 @@
 //!   route's Rego policy).
 //! - `forward`: forward mode: `[forward]` lists → SSRF guard.
 //! - `connect`: CONNECT tunnels to forward targets.
+//! - `upgrade`: upgrades (WebSocket, SPDY) the relay sends as extended
+//!   CONNECT: a dedicated upstream connection, its 101 verified.
 //! - `call`: the upstream call routes and forward mode share: header
 //!   hygiene → injection (`inject`) → upstream call with a
 //!   deadline on the response head → response streamed back.
@@ -31,6 +33,7 @@ mod connect;
 mod control;
 mod forward;
 mod route;
+mod upgrade;
 
 pub use control::SessionSignals;
 
@@ -62,6 +65,8 @@ struct LiveForward {
     headers: crate::config::ForwardHeaders,
     client: crate::upstream::ForwardClient,
     pins: crate::upstream::Pins,
+    /// `[forward] upgrades`.
+    upgrades: Vec<tether_wire::upgrade::UpgradeToken>,
 }
 
 /// Serves the relay's requests; shared by all sessions.
@@ -75,6 +80,8 @@ pub struct Dispatcher {
     rotation_target: Option<std::path::PathBuf>,
     /// `[identity]`: verifies end-user tokens.
     identity: Option<Arc<crate::identity::keys::Verifier>>,
+    /// Upgraded connections: their limit and dialers.
+    upgrades: upgrade::Upgrades,
 }
 
 impl Dispatcher {
@@ -131,6 +138,7 @@ impl Dispatcher {
                 headers: config.forward_headers.clone(),
                 client: crate::upstream::forward_client(pins.clone())?,
                 pins,
+                upgrades: config.forward_upgrades.clone(),
             })
         } else {
             None
@@ -140,7 +148,9 @@ impl Dispatcher {
             (crate::config::TokenSource::File(path), true) => Some(path.clone()),
             _ => None,
         };
+        let upgrades = upgrade::Upgrades::new(config, forward.as_ref().map(|f| f.pins.clone()))?;
         Ok(Self {
+            upgrades,
             routes,
             forward,
             info,
@@ -187,6 +197,9 @@ impl Dispatcher {
             return refused.into_response();
         }
         if req.method() == http::Method::CONNECT {
+            if req.extensions().get::<hyper::ext::Protocol>().is_some() {
+                return self.handle_upgrade(req).await;
+            }
             return self.handle_connect(req).await;
         }
         match req.uri().authority().map(|a| a.as_str()) {

@@ -455,8 +455,12 @@ async fn serve_session(
         .timer(TokioTimer::new())
         .keep_alive_interval(config.relay.ping_interval)
         .keep_alive_timeout(config.relay.ping_timeout)
-        .adaptive_window(true)
-        .max_concurrent_streams(1024)
+        // Per-stream windows: a stalled reader stalls only its stream.
+        .initial_stream_window_size(protocol::SESSION_STREAM_WINDOW)
+        .initial_connection_window_size(protocol::SESSION_CONNECTION_WINDOW)
+        .max_concurrent_streams(protocol::SESSION_MAX_STREAMS)
+        // Upgrades (WebSocket, SPDY) arrive as extended CONNECT (RFC 8441).
+        .enable_connect_protocol()
         // The relay's request heads are bounded the same way as the
         // answers the agent sends back (tether_wire::protocol).
         .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)

@@ -170,6 +170,9 @@ pub struct LimitsConfig {
     /// Requests a key may make at once above `caller_rate` (default: one
     /// second's worth).
     pub caller_burst: Option<u32>,
+    /// Upgraded connections (WebSocket, SPDY) one API key may hold open
+    /// at once (429 `rate_limited` above it). No limit unless set.
+    pub max_upgraded_per_key: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -179,6 +182,7 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             caller_rate: None,
             caller_burst: None,
+            max_upgraded_per_key: None,
         }
     }
 }
@@ -385,6 +389,12 @@ impl RelayConfig {
             problem(
                 &["limits", "caller_rate"],
                 "[limits] caller_rate must be above zero (leave it unset for no limit)",
+            );
+        }
+        if self.limits.max_upgraded_per_key == Some(0) {
+            problem(
+                &["limits", "max_upgraded_per_key"],
+                "[limits] max_upgraded_per_key must be above zero (leave it unset for no limit)",
             );
         }
         if self.limits.caller_burst == Some(0) {

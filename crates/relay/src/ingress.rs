@@ -24,6 +24,7 @@ use crate::auth::Identity;
 use crate::call::{Call, Destination};
 use crate::request_body::{BodyWatch, CallerBody};
 use crate::splice::PendingTunnel;
+use crate::upgrade::CallerUpgrade;
 
 /// Handles a caller request under `/v1/routes/` (a named route) or
 /// `/v1/forward/` (forward mode: `{scheme}/{host[:port]}/{path…}`, to an
@@ -130,6 +131,10 @@ pub(crate) async fn relay(
         }
     }
 
+    let upgrade = match CallerUpgrade::of(state, caller, &mut req) {
+        Ok(upgrade) => upgrade,
+        Err((code, detail)) => return call.fail(code, &detail),
+    };
     let (mut parts, body) = req.into_parts();
     let Ok(uri) = Uri::try_from(format!("http://{authority}{path_and_query}")) else {
         return call.fail(ErrorCode::BadRequest, "unusable request target");
@@ -140,6 +145,19 @@ pub(crate) async fn relay(
     strip_tether(&mut parts.headers);
     parts.headers.remove(header::HOST);
     call.tag(&mut parts.headers, caller);
+    if let Some(upgrade) = upgrade {
+        upgrade.prepare(&mut parts);
+        let to = Destination {
+            account: &caller.account,
+            selector: &selector,
+            route: Some(&route),
+        };
+        let request = Request::from_parts(parts, tether_wire::empty_body());
+        let response = call
+            .dispatch(state, &to, request, &BodyWatch::default())
+            .await;
+        return upgrade.answer(state, call, response);
+    }
     let (body, watch) = CallerBody::wrap(body, cap);
     let to = Destination {
         account: &caller.account,

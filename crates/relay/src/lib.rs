@@ -22,6 +22,8 @@
 //! - `proxy`: the forward-proxy listener (`[listen] proxy`): absolute form
 //!   and CONNECT, through `ingress`.
 //! - `splice`: a CONNECT tunnel joined to the agent's CONNECT stream.
+//! - `upgrade`: callers' upgrades (WebSocket, SPDY) as extended CONNECT
+//!   to the agent; per-key limit, closed on revocation.
 //! - `dispatch`: sends a request to an agent, locally or through a peer,
 //!   and keeps `Tether-*` fields an agent relays from passing for ours.
 //! - `replay`: whether a request that got no response may go again.
@@ -64,6 +66,7 @@ pub mod route_domain;
 mod session;
 mod splice;
 pub mod store;
+mod upgrade;
 pub mod version;
 mod watcher;
 
@@ -125,6 +128,8 @@ pub(crate) struct State {
     pub(crate) admin_key: Option<admin::AdminKey>,
     /// Cluster mode: presence and peers.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// Upgraded connections open, by API key.
+    pub(crate) upgraded: Arc<upgrade::Upgraded>,
     draining: AtomicBool,
 }
 
@@ -191,6 +196,7 @@ impl Relay {
             admin_key,
             cluster,
             metrics: metrics::Metrics::default(),
+            upgraded: Arc::default(),
             draining: AtomicBool::new(false),
             config,
         });

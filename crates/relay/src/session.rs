@@ -181,7 +181,9 @@ async fn run_session(
         .keep_alive_interval(agents.ping_interval)
         .keep_alive_timeout(agents.ping_timeout)
         .keep_alive_while_idle(true)
-        .adaptive_window(true)
+        // Per-stream windows: a stalled reader stalls only its stream.
+        .initial_stream_window_size(protocol::SESSION_STREAM_WINDOW)
+        .initial_connection_window_size(protocol::SESSION_CONNECTION_WINDOW)
         // The agent bounds every header block it sends to this (hyper's
         // default, 16 KiB, is below what the agent lets through).
         .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)

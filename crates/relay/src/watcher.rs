@@ -53,6 +53,13 @@ pub(crate) async fn run(state: Arc<State>) {
                 for event in events {
                     seen = event.seq;
                     state.auth.forget(event.kind, &event.credential_id);
+                    if event.kind == Kind::ApiKey && event.event == "revoked" {
+                        let closed = state.upgraded.close_key(&event.credential_id);
+                        if closed > 0 {
+                            tracing::info!(key_id = %event.credential_id, closed,
+                                "closing upgraded connections: their API key was revoked");
+                        }
+                    }
                     if event.kind == Kind::AgentToken && event.event != "created" {
                         recheck_token(&state, &event.credential_id).await;
                     }

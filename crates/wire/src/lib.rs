@@ -15,6 +15,10 @@
 //!   errors; the relay's listener and the agent's clients are built here.
 //! - [`config_location`]: byte offset → `line:column` for config errors.
 //! - [`serve`]: the HTTP accept loop every listener uses.
+//! - [`splice`]: two byte streams joined after an upgrade, with
+//!   half-close, counts and an idle timeout.
+//! - [`upgrade`]: HTTP Upgrade through the tunnel: the caller's token,
+//!   the agent's check of the upstream's 101.
 //! - [`ws_io`]: [`WsIo`], which turns a WebSocket into a byte stream
 //!   (`AsyncRead + AsyncWrite`) so that HTTP/2 can run over it.
 //!
@@ -32,7 +36,9 @@ pub mod pem;
 pub mod problem;
 pub mod protocol;
 pub mod serve;
+pub mod splice;
 pub mod target;
+pub mod upgrade;
 pub mod ws_io;
 
 /// The git revision the binaries were built from (`unknown` outside a

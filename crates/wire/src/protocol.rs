@@ -46,6 +46,25 @@ pub const CONTROL_DRAINING_PATH: &str = "/v1/relay/draining";
 /// every other stream on it.
 pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
+/// HTTP/2 flow-control window of each stream of a session, both ends.
+///
+/// Data a stream received and its reader has not taken counts against the
+/// connection's window too (RFC 9113 §6.9). hyper's adaptive window gives
+/// stream and connection the same size, so one stream whose reader stops
+/// (a caller that no longer reads its WebSocket, an upstream that stops
+/// reading an exec) would use up the whole session's window and stall
+/// every other stream on it. Fixed windows with the connection's at least
+/// [`SESSION_MAX_STREAMS`] times a stream's keep the others moving; what a
+/// session can hold unread is bounded by the connection window.
+pub const SESSION_STREAM_WINDOW: u32 = 512 * 1024;
+
+/// Streams an agent accepts at once on one session.
+pub const SESSION_MAX_STREAMS: u32 = 1024;
+
+/// HTTP/2 connection window of a session: every stream's window at once
+/// (512 MiB: only ever filled by streams whose readers all stopped).
+pub const SESSION_CONNECTION_WINDOW: u32 = SESSION_STREAM_WINDOW * SESSION_MAX_STREAMS;
+
 /// Sent to the sessions opened with a token's old secret after a rotation.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationNotice {

@@ -121,7 +121,9 @@ async fn serve_connection<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .adaptive_window(true);
+        .adaptive_window(true)
+        // HTTP/2 callers' WebSocket upgrades (RFC 8441).
+        .enable_connect_protocol();
     let service = service_fn(move |req| {
         let response = handler(req, remote);
         async move { Ok::<_, Infallible>(response.await) }
