@@ -26,7 +26,8 @@ cd "$(dirname "$0")/.."
 quick=false
 [[ "${1:-}" == "--quick" ]] && quick=true
 secs=${SECS:-5}; runs=${RUNS:-5}
-$quick && { secs=${SECS:-1}; runs=${RUNS:-1}; }
+quick_pings=2000; ws_megabytes=256
+$quick && { secs=${SECS:-1}; runs=${RUNS:-1}; quick_pings=200; ws_megabytes=16; }
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 if ! command -v rathole >/dev/null; then
@@ -41,11 +42,32 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --workspace --quiet
 STACK_BIN=target/release
 STACK_WORK=$(mktemp -d)
+# A WebSocket echo server and a gRPC server (Python `websockets` and
+# `grpcio`) for the upgrade and gRPC rows, reached directly and through a
+# route of the current build's agent (an earlier build may not know the
+# keys those routes need).
+python3 -c 'import websockets, grpc' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check websockets grpcio
+python3 bench/ws_echo.py serve >"$STACK_WORK/ws.port" 2>"$STACK_WORK/ws.log" &
+WS_PID=$!
+python3 bench/grpc_unary.py serve >"$STACK_WORK/grpc.addr" 2>"$STACK_WORK/grpc.log" &
+GRPC_PID=$!
+for _ in $(seq 100); do [[ -s "$STACK_WORK/ws.port" ]] && grep -q listening "$STACK_WORK/grpc.addr" && break; sleep 0.1; done
+WS_PORT=$(head -n1 "$STACK_WORK/ws.port")
+GRPC_PORT=$(awk '{print $2}' "$STACK_WORK/grpc.addr")
 # The agent audits every request to a file, as a production agent does.
-stack_agent_extra() { printf '[audit]\nfile = "%s/audit.jsonl"\n' "$STACK_WORK"; }
+stack_agent_extra() {
+  printf '[audit]\nfile = "%s/audit.jsonl"\n' "$STACK_WORK"
+  [[ "$STACK_BIN" == "${BEFORE_BIN:-}" ]] && return 0
+  printf '[routes.ws]\nurl = "http://127.0.0.1:%s"\npaths = ["/**"]\nupgrades = ["websocket"]\n' "$WS_PORT"
+  printf '[routes.grpc]\nurl = "http://127.0.0.1:%s"\nmethods = ["POST"]\npaths = ["/**"]\nupstream_http2 = true\n' "$GRPC_PORT"
+}
+stack_relay_listen_extra() {
+  [[ "$STACK_BIN" == "${BEFORE_BIN:-}" ]] || echo 'route_domain = "routes.bench.test"'
+}
 # shellcheck source=scripts/stack.sh
 source scripts/stack.sh
-extra_pids=()
+extra_pids=($WS_PID $GRPC_PID)
 cleanup() {
   for pid in "${extra_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${extra_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -176,7 +198,8 @@ load() { # path conns url_suffix [extra header]
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 # "median (min–max)" of numbers on stdin, one a line; "-" if none.
 median_range() {
-  sort -g | awk '$1 != "-" { v[n++] = $1 } END {
+  # Blank lines (the trailing separator) are not values.
+  sort -g | awk 'NF && $1 != "-" { v[n++] = $1 } END {
     if (n == 0) { print "-"; exit }
     m = (n % 2) ? v[(n-1)/2] : (v[n/2-1] + v[n/2]) / 2
     if (n == 1) printf "%s", m; else printf "%s (%s–%s)", m, v[0], v[n-1] }'
@@ -250,6 +273,16 @@ if ! $quick; then
     unset speed
   done
 fi
+
+echo
+echo "### WebSocket echo through a route (upgrades) and gRPC unary through a host-addressed route"
+echo
+echo '```'
+python3 bench/ws_echo.py measure --direct "ws://127.0.0.1:$WS_PORT/" --tether "ws://$PUBLIC/v1/routes/ws/" \
+  --key "$KEY" --pings $((quick_pings)) --megabytes $((ws_megabytes))
+python3 bench/grpc_unary.py --relay "$PUBLIC" --authority grpc.routes.bench.test --key "$KEY" \
+  --direct "127.0.0.1:$GRPC_PORT" --count 2000 --seconds "$secs"
+echo '```'
 
 peak_relay=$(awk '$1 > m { m = $1 } END { print m }' "$STACK_WORK/rss")
 peak_agent=$(awk '$2 > m { m = $2 } END { print m }' "$STACK_WORK/rss")

@@ -6,7 +6,7 @@
 //! tungstenite only makes the key and checks the accept value.
 
 use http::{HeaderMap, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tether_wire::ws_io::{Role, WsIo};
@@ -18,6 +18,12 @@ pub type SessionIo = WsIo<TokioIo<Upgraded>>;
 
 /// How much of a refusal's body is kept for the log.
 const REFUSAL_BODY: usize = 512;
+
+/// How long the rest of a refusal's body is waited for.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// hyper's read buffer for the relay's answer head (its minimum is 8 KiB).
+const HEAD_BUFFER: usize = 64 * 1024;
 
 /// Why the handshake did not give a session.
 #[derive(Debug, thiserror::Error)]
@@ -61,18 +67,35 @@ where
     );
     let request = Request::from_parts(parts, Empty::<bytes::Bytes>::new());
 
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The relay's answer head is small: a tight read buffer bounds what a
+    // hostile relay can make the agent hold.
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HEAD_BUFFER)
+        .handshake(TokioIo::new(stream))
+        .await?;
     let connection = tokio::spawn(connection.with_upgrades());
     let response = sender.send_request(request).await?;
     let status = response.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        let body = Limited::new(response.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        // The start of the body, for the log: what arrives within a short
+        // while, never more than is kept.
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+            while kept.len() < REFUSAL_BODY {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            kept.extend_from_slice(data);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .await;
         connection.abort();
+        let body = kept;
         let body = String::from_utf8_lossy(&body[..body.len().min(REFUSAL_BODY)])
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })

@@ -26,8 +26,6 @@ use crate::admission::{self, Entrance};
 use crate::auth::Identity;
 use crate::registry::AgentSession;
 
-/// Largest WebSocket message or frame accepted from an agent. The agent
-/// sends at most [`tether_wire::ws_io::DEFAULT_MAX_MESSAGE`] per message.
 /// How long the agent has to answer the info request after the upgrade.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
 /// In a cluster, how long a draining replica waits for an agent to move

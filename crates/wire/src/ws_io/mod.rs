@@ -20,7 +20,18 @@
 //! the socket between frames) reads as EOF and is answered with a close.
 //! A text message, a frame with reserved bits, a frame not masked as its
 //! sender's role requires, or a message over [`SESSION_MAX_MESSAGE`] reads
-//! as `InvalidData`.
+//! as `InvalidData`, and so does every read after it. The socket ending
+//! inside a frame or a fragmented message is `UnexpectedEof`.
+//!
+//! Memory is bounded whatever the peer does: the read buffer holds one
+//! socket read, the output buffer at most two frames not yet sent (bytes
+//! already sent are dropped as the socket takes them), and pings are
+//! answered only while that backlog is small — a peer flooding pings and
+//! never reading gets the latest one answered, later.
+//!
+//! Reads and writes must be polled from one task (hyper's HTTP/2
+//! connection does): answering a ping from `poll_read` writes with the
+//! reader's waker.
 
 mod frame;
 #[cfg(test)]
@@ -50,8 +61,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// this much of it is wanted and nothing is buffered.
 const DIRECT_READ: usize = 4 * 1024;
 
-/// The output buffer is given back after a flush once it grew past this.
-const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// The output buffer is given back after a flush once it grew past this
+/// (two of the default frames: bulk transfers keep theirs).
+const KEEP_OUT_CAPACITY: usize = 2 * DEFAULT_MAX_MESSAGE + 64;
+
+/// Pings are answered only while fewer bytes than this wait to be sent.
+const PONG_BACKLOG: usize = 4 * 1024;
 
 /// Which end of the WebSocket this is: a client masks what it sends, a
 /// server requires masked frames (RFC 6455 §5.3).
@@ -88,6 +103,8 @@ pub struct WsIo<S> {
     message: Option<u64>,
     /// A close frame (or the end of the socket) was read.
     read_eof: bool,
+    /// A read failed: the stream's framing cannot be trusted any more.
+    read_failed: bool,
     /// Encoded frames not yet written to the socket, from `out_pos`.
     out: Vec<u8>,
     out_pos: usize,
@@ -119,6 +136,7 @@ where
             read: ReadState::Header,
             message: None,
             read_eof: false,
+            read_failed: false,
             out: Vec::new(),
             out_pos: 0,
             pong: None,
@@ -137,6 +155,11 @@ where
 
     /// Appends one final frame holding the first `len` bytes of `parts`.
     fn put_frame(&mut self, op: u8, len: usize, parts: &[IoSlice<'_>]) {
+        // Bytes the socket took already are dropped before the buffer grows.
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
         let mask = self.mask_key();
         frame::put_header(&mut self.out, op, len, mask);
         let start = self.out.len();
@@ -151,6 +174,23 @@ where
         }
         if let Some(key) = mask {
             frame::apply_mask(&mut self.out[start..], key, 0);
+        }
+    }
+
+    /// Bytes framed and not yet taken by the socket.
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Queues the owed answers if the backlog is small, and tries to send
+    /// them without waiting.
+    fn answer_control(&mut self, cx: &mut Context<'_>) {
+        if (self.pong.is_none() && self.close_reply.is_none()) || self.backlog() >= PONG_BACKLOG {
+            return;
+        }
+        self.queue_control();
+        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+            tracing::debug!(error = %e, "websocket control answer not sent");
         }
     }
 
@@ -197,8 +237,10 @@ where
         loop {
             let parsed = frame::parse(&self.rbuf, SESSION_MAX_MESSAGE as u64).map_err(invalid)?;
             let Some((header, used)) = parsed else {
+                // About to wait for the peer: answer its pings first.
+                self.answer_control(cx);
                 if ready!(self.poll_fill(cx))? == 0 {
-                    if !self.rbuf.is_empty() {
+                    if !self.rbuf.is_empty() || self.message.is_some() {
                         return Poll::Ready(Err(ended_inside_a_frame()));
                     }
                     self.read_eof = true;
@@ -227,25 +269,18 @@ where
                     frame::apply_mask(&mut payload, key, 0);
                 }
                 match header.opcode {
+                    // Only the latest ping is owed an answer (RFC 6455 §5.5.3).
                     opcode::PING => self.pong = Some(payload.to_vec()),
                     opcode::CLOSE => {
                         self.read_eof = true;
-                        self.close_reply = Some(payload.get(..2).unwrap_or_default().to_vec());
+                        self.close_reply = Some(close_echo(&payload));
+                        self.answer_control(cx);
+                        return Poll::Ready(Ok(()));
                     }
                     _ => {}
                 }
-                // Answer now if the socket takes it; otherwise with the
-                // next write.
-                self.queue_control();
-                if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
-                    tracing::debug!(error = %e, "websocket control answer not sent");
-                }
-                if self.read_eof {
-                    return Poll::Ready(Ok(()));
-                }
                 continue;
             }
-            self.rbuf.advance(used);
             let size = match (header.opcode, self.message) {
                 (opcode::TEXT, _) => {
                     return Poll::Ready(Err(io::Error::new(
@@ -265,6 +300,7 @@ where
             if size > SESSION_MAX_MESSAGE as u64 {
                 return Poll::Ready(Err(invalid(FrameError::TooLarge(size))));
             }
+            self.rbuf.advance(used);
             self.message = (!header.fin).then_some(size);
             self.read = ReadState::Payload {
                 remaining: header.len,
@@ -293,10 +329,19 @@ where
                 offset,
             } = &mut this.read
             else {
+                if this.read_failed {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "websocket stream failed earlier",
+                    )));
+                }
                 if this.read_eof {
                     return Poll::Ready(Ok(()));
                 }
-                ready!(this.poll_header(cx))?;
+                if let Err(e) = ready!(this.poll_header(cx)) {
+                    this.read_failed = true;
+                    return Poll::Ready(Err(e));
+                }
                 continue;
             };
             if *remaining == 0 {
@@ -365,7 +410,11 @@ where
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.out.len() - this.out_pos >= this.max_message {
+        if this.close_sent {
+            // No data after our close (RFC 6455 §5.5.1).
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.backlog() >= this.max_message {
             ready!(this.poll_drain(cx))?;
         }
         this.queue_control();
@@ -404,6 +453,19 @@ where
             other => Poll::Ready(other),
         }
     }
+}
+
+/// The payload of the close answering a peer's close with `payload`: its
+/// code when it is one a peer may send, else 1002 (protocol error).
+fn close_echo(payload: &[u8]) -> Vec<u8> {
+    let code = match *payload {
+        [] => return Vec::new(),
+        [a, b, ..] => u16::from_be_bytes([a, b]),
+        [_] => 1002,
+    };
+    let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    let code = if valid { code } else { 1002 };
+    code.to_be_bytes().to_vec()
 }
 
 fn invalid(e: FrameError) -> io::Error {

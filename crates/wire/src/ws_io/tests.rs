@@ -287,3 +287,119 @@ async fn write_after_peer_vanished_is_an_error() {
     io.write_all(b"into the void").await.unwrap();
     assert!(io.flush().await.is_err());
 }
+
+#[tokio::test]
+async fn a_slow_reader_never_lets_the_output_buffer_grow_past_two_frames() {
+    // The peer reads 1 KiB at a time: the socket never takes a whole
+    // buffer at once, so bytes already sent must be dropped as it goes.
+    let (a, mut slow) = duplex(4 * 1024);
+    let mut io = WsIo::with_max_message(a, Role::Server, 16 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut chunk = [0u8; 1024];
+        let mut total = 0usize;
+        loop {
+            match slow.read(&mut chunk).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    let data = pattern(16 * 1024 * 1024);
+    let mut peak = 0;
+    for piece in data.chunks(3000) {
+        io.write_all(piece).await.unwrap();
+        peak = peak.max(io.out.len());
+    }
+    io.flush().await.unwrap();
+    drop(io);
+    assert!(reader.await.unwrap() > data.len());
+    assert!(
+        peak <= 2 * (16 * 1024 + 14) + 3000,
+        "output buffer reached {peak} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_peer_that_never_reads_stays_bounded() {
+    // A socket of 1 KiB that nobody reads: pongs cannot leave.
+    let (a, mut raw) = duplex(1024);
+    let mut io = WsIo::new(a, Role::Client);
+    let flood = tokio::spawn(async move {
+        let ping = [0x89u8, 0x04, b'p', b'i', b'n', b'g'];
+        for _ in 0..20_000 {
+            if raw.write_all(&ping).await.is_err() {
+                break;
+            }
+        }
+        raw
+    });
+    let mut buf = [0u8; 64];
+    // Nothing but pings: the read waits, it never reports EOF or data.
+    let read = tokio::time::timeout(std::time::Duration::from_millis(300), io.read(&mut buf)).await;
+    assert!(read.is_err(), "a read over pings only returned {read:?}");
+    assert!(
+        io.out.len() - io.out_pos <= PONG_BACKLOG + 200,
+        "{} bytes of pongs",
+        io.out.len()
+    );
+    drop(flood);
+}
+
+#[tokio::test]
+async fn an_empty_frame_is_not_the_end_of_the_stream() {
+    let (a, mut raw) = duplex(1024);
+    let mut io = WsIo::new(a, Role::Client);
+    raw.write_all(&[0x82, 0x00]).await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(std::time::Duration::from_millis(200), io.read(&mut buf)).await;
+    assert!(read.is_err(), "an empty frame read as {read:?}");
+    raw.write_all(&[0x82, 0x01, b'z']).await.unwrap();
+    assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+    assert_eq!(buf[0], b'z');
+}
+
+#[tokio::test]
+async fn the_socket_ending_inside_a_message_is_an_error_and_errors_stay() {
+    let (a, mut raw) = duplex(1024);
+    let mut io = WsIo::new(a, Role::Client);
+    // The first fragment of a message, then the end of the socket.
+    raw.write_all(&[0x02, 0x02, b'a', b'b']).await.unwrap();
+    drop(raw);
+    let mut all = Vec::new();
+    let err = io.read_to_end(&mut all).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+
+    // A text frame fails the stream; its payload is never read as frames.
+    let (a, mut raw) = duplex(1024);
+    let mut io = WsIo::new(a, Role::Client);
+    raw.write_all(&[0x81, 0x03, 0x82, 0x01, b'x'])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(io.read(&mut buf).await.is_err());
+    assert!(io.read(&mut buf).await.is_err(), "a read after the failure");
+}
+
+#[tokio::test]
+async fn a_close_is_answered_with_its_code_or_a_protocol_error() {
+    for (sent, answered) in [(1001u16, 1001u16), (1005, 1002), (999, 1002), (4000, 4000)] {
+        let (a, mut raw) = duplex(1024);
+        let mut io = WsIo::new(a, Role::Client);
+        let code = sent.to_be_bytes();
+        raw.write_all(&[0x88, 0x02, code[0], code[1]])
+            .await
+            .unwrap();
+        assert_eq!(io.read(&mut [0u8; 8]).await.unwrap(), 0);
+        io.flush().await.unwrap();
+        // Our close: masked (client), 2 bytes of code.
+        let mut head = [0u8; 8];
+        raw.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x88);
+        assert_eq!(head[1], 0x82);
+        let mut got = [head[6], head[7]];
+        frame::apply_mask(&mut got, [head[2], head[3], head[4], head[5]], 0);
+        assert_eq!(u16::from_be_bytes(got), answered, "close {sent}");
+        // And nothing may follow our close.
+        assert!(io.write_all(b"late").await.is_err());
+    }
+}
