@@ -144,22 +144,9 @@ impl Dispatcher {
             Ok(Some(Err(e))) => {
                 tracing::info!(request_id = %request_id, route = %route_name, error = %crate::error_chain(&e),
                     "upstream unreachable");
-                audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
-                return fail(
-                    ErrorCode::UpstreamUnreachable,
-                    format!("route {route_name}: upstream did not answer"),
-                );
+                return no_answer(&mut audit, route, request_id, Missing::Unreachable);
             }
-            Err(_) => {
-                audit.log(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
-                return fail(
-                    ErrorCode::UpstreamTimeout,
-                    format!(
-                        "route {route_name}: no response within {}",
-                        humantime::format_duration(route.timeout)
-                    ),
-                );
-            }
+            Err(_) => return no_answer(&mut audit, route, request_id, Missing::Timeout),
         };
         let (mut parts, body) = response.into_parts();
         if let Err(e) = hygiene::admit_response_head(parts.status, &mut parts.headers) {
@@ -179,6 +166,47 @@ impl Dispatcher {
         let body = GuardedBody::new(body, pending);
         Response::from_parts(parts, body.boxed())
     }
+}
+
+/// Why the upstream gave no answer.
+pub(super) enum Missing {
+    /// The connection or the exchange failed.
+    Unreachable,
+    /// Nothing within the route's timeout.
+    Timeout,
+}
+
+/// The audit line and the caller's answer when the upstream gave none
+/// (requests and upgrade handshakes alike; the cause is logged by the
+/// caller, never sent).
+pub(super) fn no_answer(
+    audit: &mut Audit,
+    route: &Route,
+    request_id: &str,
+    missing: Missing,
+) -> Response<BoxBody> {
+    let name = &route.name;
+    let (status, decision, code, detail) = match missing {
+        Missing::Unreachable => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            ErrorCode::UpstreamUnreachable,
+            format!("route {name}: upstream did not answer"),
+        ),
+        Missing::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            ErrorCode::UpstreamTimeout,
+            format!(
+                "route {name}: no response within {}",
+                humantime::format_duration(route.timeout)
+            ),
+        ),
+    };
+    audit.log(status, decision);
+    Problem::new(code, detail)
+        .with_request_id(request_id.to_owned())
+        .into_response()
 }
 
 /// The pooled client a request goes out on.

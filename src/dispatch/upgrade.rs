@@ -264,20 +264,19 @@ impl Dispatcher {
             Ok(Err(e)) => {
                 tracing::info!(%request_id, route = %route_name, error = %crate::error_chain(&e),
                     "upstream unreachable for an upgrade");
-                audit.log(StatusCode::BAD_GATEWAY, "upstream_unreachable");
-                return fail(
-                    ErrorCode::UpstreamUnreachable,
-                    format!("route {route_name}: upstream did not answer"),
+                return super::call::no_answer(
+                    &mut audit,
+                    route,
+                    request_id,
+                    super::call::Missing::Unreachable,
                 );
             }
             Err(_) => {
-                audit.log(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
-                return fail(
-                    ErrorCode::UpstreamTimeout,
-                    format!(
-                        "route {route_name}: no response within {}",
-                        humantime::format_duration(route.timeout)
-                    ),
+                return super::call::no_answer(
+                    &mut audit,
+                    route,
+                    request_id,
+                    super::call::Missing::Timeout,
                 );
             }
         };
