@@ -15,6 +15,9 @@
 //!   [`Writer::admit`] refuse new requests (503 `audit_unavailable`);
 //! - a write that got part of its bytes out before failing resumes at the
 //!   first byte not written, so the file never holds a torn line;
+//! - lines are written in batches: the writer lingers up to [`LINGER`]
+//!   after the first line of a batch (a wake-up per line was the agent's
+//!   largest per-request cost);
 //! - lines are dropped (and counted) only past [`MAX_HELD`], a memory bound
 //!   that admission keeps far away: at most `capacity` lines plus one per
 //!   request in flight (the HTTP/2 sessions bound those) are ever held.
@@ -38,6 +41,13 @@ pub(super) const ADMIT_WAIT: Duration = Duration::from_secs(5);
 /// Lines (or bytes) written in one `write` call at most.
 const BATCH_LINES: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
+
+/// How long the writer, woken by a line, waits for more before writing
+/// them together (fewer as the queue fills: see [`Writer::wake_at`]).
+/// Waking a thread for every line cost the agent ~12 % of its CPU per
+/// small request (a futex wake and a context switch each; perf, issue 17);
+/// a line still reaches the file well within a second of its request.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Where the lines go: the audit file, or a stand-in in unit tests.
 pub(super) trait Sink: Send + 'static {
@@ -128,6 +138,9 @@ pub enum Unavailable {
 pub(super) struct Writer {
     shared: Arc<Shared>,
     capacity: usize,
+    /// Queued lines at which the writer stops lingering: a batch's worth,
+    /// or half the capacity so that requests never wait on the linger.
+    wake_at: usize,
     /// Refuse requests while lines cannot be written.
     required: bool,
 }
@@ -151,12 +164,14 @@ impl Writer {
             refused: AtomicU64::new(0),
         });
         let thread_shared = shared.clone();
+        let wake_at = BATCH_LINES.min(capacity / 2).max(1);
         std::thread::Builder::new()
             .name("tether-audit".into())
-            .spawn(move || write_loop(&thread_shared, sink, retry))?;
+            .spawn(move || write_loop(&thread_shared, sink, retry, wake_at))?;
         Ok(Self {
             shared,
             capacity,
+            wake_at,
             required,
         })
     }
@@ -201,7 +216,10 @@ impl Writer {
         self.required && !self.shared.available.load(Ordering::Acquire)
     }
 
-    /// Queues one line (with its newline). Never blocks.
+    /// Queues one line (with its newline). Never blocks. The writer is
+    /// woken by the first line of a batch (it may be asleep) and when
+    /// `wake_at` lines wait (it may be lingering); the lines between
+    /// cost no wake-up.
     pub(super) fn push(&self, line: String) {
         let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         if self.shared.pending.load(Ordering::Acquire) >= MAX_HELD {
@@ -210,8 +228,11 @@ impl Writer {
         }
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
         queue.lines.push_back(line);
+        let wake = queue.lines.len() == 1 || queue.lines.len() == self.wake_at;
         drop(queue);
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 
     /// Has the file opened again before the next write.
@@ -263,9 +284,10 @@ impl Drop for Writer {
     }
 }
 
-/// The writer thread: takes a batch of lines, writes it whole (resuming
-/// after a partial write), and on failure keeps it and retries.
-fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
+/// The writer thread: takes a batch of lines (after lingering up to
+/// [`LINGER`] for `wake_at` of them), writes it whole (resuming after a
+/// partial write), and on failure keeps it and retries.
+fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration, wake_at: usize) {
     // Bytes taken from the queue and not yet written, and how many lines
     // they hold.
     let mut batch: Vec<u8> = Vec::new();
@@ -278,6 +300,15 @@ fn write_loop(shared: &Shared, mut sink: impl Sink, retry: Duration) {
                     return;
                 }
                 queue = shared.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+            if batch.is_empty() && !queue.reopen && !queue.closed {
+                queue = shared
+                    .work
+                    .wait_timeout_while(queue, LINGER, |q| {
+                        q.lines.len() < wake_at && !q.closed && !q.reopen
+                    })
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             if batch.is_empty() {
                 while lines_in_batch < BATCH_LINES
@@ -368,6 +399,8 @@ mod tests {
         room: Option<usize>,
         /// Writes wait while set.
         stalled: bool,
+        /// `write` calls that wrote something.
+        writes: usize,
     }
 
     impl Sink for Steered {
@@ -388,6 +421,7 @@ mod tests {
                     *room -= n;
                 }
                 s.written.extend_from_slice(&buf[..n]);
+                s.writes += 1;
                 return Ok(n);
             }
         }
@@ -451,6 +485,26 @@ mod tests {
         let lines = sink.lines();
         assert_eq!(lines.len(), 200, "every request has its line");
         assert_eq!(writer.stats().dropped, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_arriving_together_are_written_together() {
+        let sink = Steered::default();
+        let writer = Writer::spawn(sink.clone(), 8192, Duration::from_millis(10), true).unwrap();
+        // Lines a millisecond or so apart (a steady trickle of requests):
+        // a writer woken per line writes each alone.
+        for i in 0..50 {
+            writer.admit().await.unwrap();
+            writer.push(format!("line {i}\n"));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(writer.flush(Duration::from_secs(5)).await, 0);
+        assert_eq!(sink.lines().len(), 50);
+        let writes = sink.0.lock().unwrap().writes;
+        assert!(writes <= 25, "{writes} writes for 50 lines");
+        // A lone line is not held back beyond the linger.
+        writer.push("last\n".into());
+        wait_for("the lone line written", || sink.lines().len() == 51).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
