@@ -53,8 +53,9 @@ pub const DEFAULT_MAX_MESSAGE: usize = 256 * 1024;
 /// Largest WebSocket message either side of a Tether session accepts.
 pub const SESSION_MAX_MESSAGE: usize = 1024 * 1024;
 
-/// Bytes asked of the socket per read when frames are small. An idle
-/// session holds this much (the relay's memory per agent).
+/// Bytes asked of the socket per read when frames are small. Given back
+/// while the socket has nothing to read and nothing is buffered, so an
+/// idle session holds none of it (the relay's memory per agent).
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A payload read goes straight into the reader's buffer when at least
@@ -228,7 +229,19 @@ where
     /// Reads more of the socket into `rbuf`; the count read (0 at EOF).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.rbuf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf);
+        if polled.is_pending() && self.rbuf.is_empty() {
+            // Waiting with nothing buffered: the chunk is given back (one
+            // allocation per wait costs far less than the read itself).
+            self.rbuf = BytesMut::new();
+        }
+        polled
+    }
+
+    /// Bytes held for reading (a test's view of idle memory).
+    #[cfg(test)]
+    fn read_capacity(&self) -> usize {
+        self.rbuf.capacity()
     }
 
     /// Reads the next frame header and handles control frames; returns

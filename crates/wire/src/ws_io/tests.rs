@@ -403,3 +403,32 @@ async fn a_close_is_answered_with_its_code_or_a_protocol_error() {
         assert!(io.write_all(b"late").await.is_err());
     }
 }
+
+#[tokio::test]
+async fn an_idle_session_holds_no_read_buffer() {
+    for role in [Role::Client, Role::Server] {
+        let (mut io, mut peer) = pair(role).await;
+        peer.send(Message::Binary(Bytes::from(pattern(40_000))))
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 40_000];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, pattern(40_000));
+        // Nothing more arrives: the read waits, holding no buffer.
+        let mut one = [0u8; 1];
+        let waited = futures_util::poll!(std::pin::pin!(io.read(&mut one)));
+        assert!(waited.is_pending());
+        assert_eq!(
+            io.read_capacity(),
+            0,
+            "{role:?}: an idle session keeps its read chunk"
+        );
+        // And reading goes on when data comes.
+        peer.send(Message::Binary(Bytes::from_static(b"more")))
+            .await
+            .unwrap();
+        let mut more = [0u8; 4];
+        io.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more, b"more");
+    }
+}
