@@ -95,7 +95,11 @@ async fn kubectl_exec_over_websocket_echoes_stdin_and_passes_the_exit_code_with_
         assert_eq!(exec["path"], EXEC_PATH, "{exec}");
         assert_eq!(exec["subprotocol"], "v5.channel.k8s.io", "{exec}");
         let headers = exec["headers"].as_object().unwrap();
-        assert_eq!(headers["authorization"], format!("Bearer {SECRET}"));
+        assert_eq!(
+            headers.get("authorization").and_then(|v| v.as_str()),
+            Some(format!("Bearer {SECRET}").as_str()),
+            "the token did not reach the API server: {exec}"
+        );
         assert_eq!(headers["upgrade"], "websocket", "{exec}");
         assert!(!headers.contains_key("proxy-authorization"), "{exec}");
         assert!(!headers.keys().any(|k| k.starts_with("tether-")), "{exec}");
@@ -112,7 +116,11 @@ async fn kubectl_exec_over_websocket_echoes_stdin_and_passes_the_exit_code_with_
         .into_iter()
         .find(|r| r["path"] == "/api/v1/namespaces/default/pods/web-0")
         .expect("kubectl read the pod");
-    assert_eq!(pod["headers"]["authorization"], format!("Bearer {SECRET}"));
+    assert_eq!(
+        pod["headers"]["authorization"].as_str(),
+        Some(format!("Bearer {SECRET}").as_str()),
+        "{pod}"
+    );
 
     // kubectl never saw the token: not in a byte the relay sent back, nor
     // in what kubectl printed.
