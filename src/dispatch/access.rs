@@ -52,7 +52,8 @@ impl Dispatcher {
                     .get(header)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                match verifier.verify(value).await {
+                // Boxed: a key fetch is a large future most requests skip.
+                match Box::pin(verifier.verify(value)).await {
                     Ok(user) => Some(user),
                     Err(Refusal::Unavailable) => {
                         return Err(refuse(

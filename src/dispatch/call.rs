@@ -74,7 +74,14 @@ impl Dispatcher {
             };
         let needed = inject::secrets_needed(&caller_templates, route);
         audit.record.secrets = needed.iter().cloned().collect();
-        let values = match inject::resolve(&self.secrets, &needed).await {
+        // Boxed, and only when a secret is needed: a store's fetch (the
+        // AWS SDK's above all) is a large future.
+        let resolved = if needed.is_empty() {
+            Ok(Default::default())
+        } else {
+            Box::pin(inject::resolve(&self.secrets, &needed)).await
+        };
+        let values = match resolved {
             Ok(values) => values,
             Err(SecretError::Unknown(name)) => {
                 audit.log(StatusCode::FORBIDDEN, "denied");
@@ -117,9 +124,15 @@ impl Dispatcher {
             .extensions_mut()
             .remove::<super::upgrade::PendingUpgrade>()
         {
-            return self
-                .upgrade_upstream(pending, upstream_req, route, &client, audit, request_id)
-                .await;
+            return Box::pin(self.upgrade_upstream(
+                pending,
+                upstream_req,
+                route,
+                &client,
+                audit,
+                request_id,
+            ))
+            .await;
         }
         let informational = hygiene::Informational::watch(&mut upstream_req);
 

@@ -196,16 +196,19 @@ impl Dispatcher {
         if let Err(refused) = self.audit.admit(&req).await {
             return refused.into_response();
         }
+        // Every path but routes is boxed: this future is every request's
+        // task, allocated and moved whole, and as large as its largest
+        // branch (11.1 KiB before, 4.1 KiB now; issue 17).
         if req.method() == http::Method::CONNECT {
             if req.extensions().get::<hyper::ext::Protocol>().is_some() {
-                return self.handle_upgrade(req).await;
+                return Box::pin(self.handle_upgrade(req)).await;
             }
-            return self.handle_connect(req).await;
+            return Box::pin(self.handle_connect(req)).await;
         }
         match req.uri().authority().map(|a| a.as_str()) {
-            Some(protocol::CONTROL_AUTHORITY) => self.handle_control(req, session).await,
+            Some(protocol::CONTROL_AUTHORITY) => Box::pin(self.handle_control(req, session)).await,
             Some(protocol::TUNNEL_AUTHORITY) => self.handle_relayed(req).await,
-            Some(protocol::FORWARD_AUTHORITY) => self.handle_forward(req).await,
+            Some(protocol::FORWARD_AUTHORITY) => Box::pin(self.handle_forward(req)).await,
             _ => Problem::new(ErrorCode::BadRequest, "unknown authority").into_response(),
         }
     }
