@@ -77,12 +77,15 @@ async fn group_members_reach_the_route_with_impersonation_from_their_claims() {
     );
     assert_eq!(header_values(&doc, "authorization"), ["Bearer sa-token"]);
 
-    // The audit line names the user and the issuer.
+    // The audit line (written in batches, within ~10 ms) names the user
+    // and the issuer.
+    let k8s_ok = |l: &serde_json::Value| l["route"] == "k8s" && l["status"] == 200;
+    until(Duration::from_secs(5), "the audit line", || async {
+        w.audit_lines().iter().any(k8s_ok)
+    })
+    .await;
     let lines = w.audit_lines();
-    let line = lines
-        .iter()
-        .find(|l| l["route"] == "k8s" && l["status"] == 200)
-        .expect("audit line");
+    let line = lines.iter().find(|l| k8s_ok(l)).expect("audit line");
     assert_eq!(line["user"], "jane");
     assert_eq!(line["issuer"], w.issuer.url());
 
