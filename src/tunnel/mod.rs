@@ -458,6 +458,7 @@ async fn serve_session(
         // Per-stream windows: a stalled reader stalls only its stream.
         .initial_stream_window_size(protocol::SESSION_STREAM_WINDOW)
         .initial_connection_window_size(protocol::SESSION_CONNECTION_WINDOW)
+        .max_frame_size(protocol::SESSION_MAX_FRAME)
         .max_concurrent_streams(protocol::SESSION_MAX_STREAMS)
         // Upgrades (WebSocket, SPDY) arrive as extended CONNECT (RFC 8441).
         .enable_connect_protocol()

@@ -182,6 +182,7 @@ async fn run_session(
         // Per-stream windows: a stalled reader stalls only its stream.
         .initial_stream_window_size(protocol::SESSION_STREAM_WINDOW)
         .initial_connection_window_size(protocol::SESSION_CONNECTION_WINDOW)
+        .max_frame_size(protocol::SESSION_MAX_FRAME)
         // The agent bounds every header block it sends to this (hyper's
         // default, 16 KiB, is below what the agent lets through).
         .max_header_list_size(protocol::MAX_HEADER_LIST_SIZE)

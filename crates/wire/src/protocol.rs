@@ -58,6 +58,12 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// session can hold unread is bounded by the connection window.
 pub const SESSION_STREAM_WINDOW: u32 = 512 * 1024;
 
+/// Largest HTTP/2 frame payload either end of a session accepts (the
+/// default is 16 KiB): bulk transfers take an eighth of the frames, and
+/// a frame still fits one WebSocket frame well under
+/// [`crate::ws_io::SESSION_MAX_MESSAGE`].
+pub const SESSION_MAX_FRAME: u32 = 128 * 1024;
+
 /// Streams an agent accepts at once on one session.
 pub const SESSION_MAX_STREAMS: u32 = 1024;
 
