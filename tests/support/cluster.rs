@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 
 use super::balancer::Balancer;
-use super::{Agent, Postgres, Relay, Upstream, body, send, until};
+use super::{Agent, Postgres, Relay, Upstream, body, client, send, until};
+use http_body_util::BodyExt;
 
 /// Replicas on one Postgres, a balancer in front of them, an upstream, a
 /// token and a key of account `acme`.
@@ -104,6 +105,27 @@ pub async fn call(method: &str, url: &str, key: &str) -> (StatusCode, http::Head
         .await
         .unwrap_or_else(|_| panic!("{method} {url}: no answer in 15 s"));
     (status, headers)
+}
+
+/// A POST under a replica's kill: its status, or `None` when the answer
+/// began and its body was then cut (the replica that held the agent's
+/// session died mid-answer: the caller sees an error, never a short body
+/// passed off as whole).
+pub async fn post_through_failover(url: &str, key: &str) -> Option<StatusCode> {
+    let req = Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("proxy-authorization", format!("Bearer {key}"))
+        .body(body("payload"))
+        .unwrap();
+    let answer = async {
+        let response = client().request(req).await.expect("request");
+        let status = response.status();
+        response.into_body().collect().await.ok().map(|_| status)
+    };
+    tokio::time::timeout(Duration::from_secs(15), answer)
+        .await
+        .unwrap_or_else(|_| panic!("POST {url}: no answer in 15 s"))
 }
 
 /// The replica each slot's latest session is on, from the agent's log.
