@@ -4,7 +4,7 @@
 
 #![allow(unreachable_pub)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,27 +50,12 @@ impl Peer {
     fn start(mode: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let mut child = Command::new("python3")
-            .arg(script())
-            .arg(mode)
-            .args(args)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with websockets (scripts/test.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{mode} said {line:?}"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(script()).arg(mode).args(args).arg(&log);
+        let (child, addr) = super::upgrade_peers::spawn_python_listener(cmd, mode);
         Self {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             log,
             _dir: dir,
         }

@@ -19,6 +19,26 @@ use crate::support::*;
 pub const LIMIT: Duration = Duration::from_secs(20);
 pub const SECRET: &str = "s3cret-handshake-value";
 
+/// Starts a Python peer that prints `listening PORT` first; the child and
+/// its address on 127.0.0.1.
+pub fn spawn_python_listener(mut cmd: Command, what: &str) -> (Child, SocketAddr) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with websockets (scripts/test.sh installs it)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what} said {line:?}"));
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 pub fn peers_script() -> PathBuf {
     repo_file("tests/support/ws_peers.py")
 }
@@ -35,26 +55,12 @@ impl WsServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("connections.jsonl");
-        let mut child = Command::new("python3")
-            .arg(peers_script())
-            .arg("server")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with websockets (scripts/test.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("ws server said {line:?}"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(peers_script()).arg("server").arg(&log);
+        let (child, addr) = spawn_python_listener(cmd, "ws server");
         Self {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             log,
             _dir: dir,
         }
