@@ -121,7 +121,15 @@ pub async fn post_through_failover(url: &str, key: &str) -> Option<StatusCode> {
     let answer = async {
         let response = client().request(req).await.expect("request");
         let status = response.status();
-        response.into_body().collect().await.ok().map(|_| status)
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        // A body that ended cleanly must be the whole answer: the
+        // upstream's echo of this request.
+        if status == StatusCode::OK {
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("a 200 whose body is not whole ({e}): {bytes:?}"));
+            assert_eq!(doc["body"], "payload", "a 200 that is not this POST's echo");
+        }
+        Some(status)
     };
     tokio::time::timeout(Duration::from_secs(15), answer)
         .await
