@@ -432,3 +432,46 @@ async fn an_idle_session_holds_no_read_buffer() {
         assert_eq!(&more, b"more");
     }
 }
+
+#[tokio::test]
+async fn bytes_dripped_one_at_a_time_with_waits_between_read_whole() {
+    // Review: the read chunk is given back while the socket has nothing
+    // to read; a header, a control frame or a fragmented message split
+    // across those waits must still read exactly.
+    let (a, mut raw) = duplex(64);
+    let mut io = WsIo::new(a, Role::Client);
+    let mut wire = Vec::new();
+    // BINARY without FIN (3 bytes), a ping inside the message, a
+    // CONTINUATION of 300 bytes (16-bit length) with FIN, then a small one.
+    wire.extend_from_slice(&[0x02, 3, b'a', b'b', b'c']);
+    wire.extend_from_slice(&[0x89, 2, b'p', b'q']);
+    wire.extend_from_slice(&[0x80, 126, 0x01, 0x2C]);
+    wire.extend(pattern(300));
+    wire.extend_from_slice(&[0x82, 2, b'y', b'z']);
+    let mut expect = b"abc".to_vec();
+    expect.extend(pattern(300));
+    expect.extend_from_slice(b"yz");
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 7];
+        while got.len() < expect.len() {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, expect);
+        io
+    });
+    for b in wire {
+        raw.write_all(&[b]).await.unwrap();
+        // Let the reader run dry and wait (Pending) between bytes.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let _io = reader.await.unwrap();
+    // The ping was answered (unmasked server frames in, masked pong out).
+    let mut pong = [0u8; 8];
+    raw.read_exact(&mut pong).await.unwrap();
+    assert_eq!(pong[0], 0x8A);
+}
