@@ -343,21 +343,13 @@ async fn grpc_over_tls_and_the_route_is_the_authoritys_not_the_sni() {
 /// and trailers alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_call_reaching_a_replica_without_the_session_is_forwarded_to_its_peer() {
-    let pg = Postgres::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let peer_key = dir.path().join("peer.key");
-    std::fs::write(&peer_key, "grpc-test-peer-key-0123456789abc\n").unwrap();
-    let listen = format!("route_domain = \"{DOMAIN}\"");
-    let relays: Vec<Relay> = ["relay-1", "relay-2"]
-        .iter()
-        .map(|id| Relay::start_replica_listening(&pg.url, id, &peer_key, &listen))
-        .collect();
+    let c = support::cluster::cluster_listening(2, &format!("route_domain = \"{DOMAIN}\"")).await;
+    let (relays, token, key) = (&c.relays, &c.token, &c.key);
     let server = GrpcServer::start();
-    let (token, key) = (relays[0].token("acme"), relays[0].key("acme"));
     // One session, on relay-1 only.
     let _agent = Agent::start_with(
         &relays[0].agent_url(),
-        &token,
+        token,
         "agent-a",
         "connections = 1",
         &server.route("grpc", ALL_METHODS),
@@ -372,7 +364,7 @@ async fn grpc_call_reaching_a_replica_without_the_session_is_forwarded_to_its_pe
             "--authority",
             &format!("grpc.{DOMAIN}"),
             "--key",
-            &key,
+            key,
             "--method",
             method,
         ]

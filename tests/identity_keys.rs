@@ -129,7 +129,7 @@ async fn jwks_redirects_and_oversized_documents_are_not_taken() {
 /// An https server for one name (certificate from a CA of the test's own)
 /// answering every request with `document`; the certificate's PEM.
 async fn https_jwks(name: &str, document: String) -> (std::net::SocketAddr, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
     let pem = certified.cert.pem();
     let key =
@@ -152,10 +152,8 @@ async fn https_jwks(name: &str, document: String) -> (std::net::SocketAddr, Stri
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let Ok(b) = tls.read_u8().await else { return };
-                    head.push(b);
+                if raw_http::read_head(&mut tls).await.is_none() {
+                    return;
                 }
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
@@ -178,7 +176,7 @@ async fn pinning_proxy(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -187,13 +185,9 @@ async fn pinning_proxy(
         while let Ok((mut client, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let Ok(b) = client.read_u8().await else {
-                        return;
-                    };
-                    head.push(b);
-                }
+                let Some(head) = raw_http::read_head(&mut client).await else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&head)
                     .lines()
                     .next()

@@ -272,18 +272,24 @@ async fn upgrade_limits_answer_429_and_an_idle_connection_is_closed() {
     drop(held);
 }
 
-#[tokio::test]
-async fn revoking_the_key_closes_its_upgraded_connections() {
-    let ws = WsServer::start();
-    let s = setup("", &ws.route("ws", INJECT)).await;
-    let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
-    s.relay.cli_output(&["keys", "revoke", &s.key[4..20]]);
+/// The caller's connection ended (closed, not failed) and the server saw
+/// its connection end too.
+async fn both_ends_closed(held: Held, ws: &WsServer) {
     let ended = held.ended().await;
     assert_eq!(ended["closed"], true, "{ended}");
     until(LIMIT, "the server saw the connection end", || async {
         ws.connections().len() == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn revoking_the_key_closes_its_upgraded_connections() {
+    let ws = WsServer::start();
+    let s = setup("", &ws.route("ws", INJECT)).await;
+    let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
+    s.relay.cli_output(&["keys", "revoke", &s.key[4..20]]);
+    both_ends_closed(held, &ws).await;
 }
 
 #[tokio::test]
@@ -292,12 +298,7 @@ async fn killing_the_agent_mid_connection_closes_both_ends() {
     let mut s = setup("", &ws.route("ws", INJECT)).await;
     let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
     s.agent.kill();
-    let ended = held.ended().await;
-    assert_eq!(ended["closed"], true, "{ended}");
-    until(LIMIT, "the server saw the connection end", || async {
-        ws.connections().len() == 1
-    })
-    .await;
+    both_ends_closed(held, &ws).await;
 }
 
 #[tokio::test]
@@ -306,12 +307,7 @@ async fn killing_the_relay_mid_connection_closes_both_ends() {
     let mut s = setup("", &ws.route("ws", INJECT)).await;
     let (_, held) = hold(&s.relay, "/v1/routes/ws/a", &s.key);
     s.relay.kill();
-    let ended = held.ended().await;
-    assert_eq!(ended["closed"], true, "{ended}");
-    until(LIMIT, "the server saw the connection end", || async {
-        ws.connections().len() == 1
-    })
-    .await;
+    both_ends_closed(held, &ws).await;
 }
 
 #[tokio::test]

@@ -15,20 +15,13 @@ use upgrade_peers::*;
 
 #[tokio::test]
 async fn a_websocket_reaching_a_replica_without_the_session_is_forwarded_to_its_peer() {
-    let pg = Postgres::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let peer_key = dir.path().join("peer.key");
-    std::fs::write(&peer_key, "upgrade-test-peer-key-0123456789\n").unwrap();
-    let relays: Vec<Relay> = ["relay-1", "relay-2"]
-        .iter()
-        .map(|id| Relay::start_replica(&pg.url, id, &peer_key))
-        .collect();
+    let c = support::cluster::cluster(2).await;
+    let (relays, token, key) = (&c.relays, &c.token, &c.key);
     let ws = WsServer::start();
-    let (token, key) = (relays[0].token("acme"), relays[0].key("acme"));
     // One session, on relay-1 only.
     let _agent = Agent::start_with(
         &relays[0].agent_url(),
-        &token,
+        token,
         "agent-a",
         "connections = 1",
         &ws.route("ws", "upgrades = [\"websocket\"]"),
@@ -41,7 +34,7 @@ async fn a_websocket_reaching_a_replica_without_the_session_is_forwarded_to_its_
     let answered = || relays[1].metric("tether_relay_peer_forwarded_total{outcome=\"answered\"}");
     let mut echo = serde_json::Value::Null;
     for _ in 0..100 {
-        echo = ws_client(&relays[1], "/v1/routes/ws/chat", &key, "echo").await;
+        echo = ws_client(&relays[1], "/v1/routes/ws/chat", key, "echo").await;
         if echo["text"] == "hello through the tunnel" {
             break;
         }

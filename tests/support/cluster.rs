@@ -29,6 +29,15 @@ pub async fn cluster(replicas: usize) -> Cluster {
 
 /// [`cluster`], each replica with a forward-proxy listener if `proxy`.
 pub async fn cluster_of(replicas: usize, proxy: bool) -> Cluster {
+    build(replicas, proxy, "").await
+}
+
+/// [`cluster`] with extra `[listen]` keys on every replica.
+pub async fn cluster_listening(replicas: usize, listen: &str) -> Cluster {
+    build(replicas, false, listen).await
+}
+
+async fn build(replicas: usize, proxy: bool, listen: &str) -> Cluster {
     let pg = Postgres::start().await;
     let dir = tempfile::tempdir().unwrap();
     let peer_key = dir.path().join("peer.key");
@@ -39,7 +48,7 @@ pub async fn cluster_of(replicas: usize, proxy: bool) -> Cluster {
             if proxy {
                 Relay::start_replica_with_proxy(&pg.url, &id, &peer_key)
             } else {
-                Relay::start_replica(&pg.url, &id, &peer_key)
+                Relay::start_replica_listening(&pg.url, &id, &peer_key, listen)
             }
         })
         .collect();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A CONNECT proxy on 127.0.0.1 that counts the tunnels it opens and,
@@ -34,13 +34,9 @@ impl ConnectProxy {
             while let Ok((mut client, _)) = listener.accept().await {
                 let (count, no, expected) = (count.clone(), no.clone(), expected.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let Ok(b) = client.read_u8().await else {
-                            return;
-                        };
-                        head.push(b);
-                    }
+                    let Some(head) = super::raw_http::read_head(&mut client).await else {
+                        return;
+                    };
                     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                     let target = head
                         .strip_prefix("connect ")

@@ -8,6 +8,19 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Reads a head (through its blank line) byte by byte, at most 64 KiB;
+/// `None` if the peer ends or sends more first.
+pub async fn read_head(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= 64 * 1024 {
+            return None;
+        }
+        head.push(io.read_u8().await.ok()?);
+    }
+    Some(head)
+}
+
 /// A response read off the socket.
 pub struct RawResponse {
     pub status: u16,
