@@ -35,11 +35,7 @@ impl Dispatcher {
         request_id: &str,
     ) -> Response<BoxBody> {
         let route_name = route.name.as_str();
-        let fail = |code: ErrorCode, detail: String| {
-            Problem::new(code, detail)
-                .with_request_id(request_id.to_owned())
-                .into_response()
-        };
+        let fail = super::problem_for(request_id);
         if let Some(refused) = super::upgrade::refusal(&req, route, &mut audit, request_id) {
             return refused;
         }

@@ -5,7 +5,7 @@
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tether_wire::protocol::header as th;
-use tether_wire::{BoxBody, ErrorCode, Problem};
+use tether_wire::{BoxBody, ErrorCode};
 
 use super::call::Upstream;
 use super::{Dispatcher, header_str};
@@ -26,11 +26,7 @@ impl Dispatcher {
         let method = req.method().clone();
         let mut audit = self.audit(&request_id, &caller, method.as_str());
         audit.record.route = "forward".to_owned();
-        let fail = |code: ErrorCode, detail: String| {
-            Problem::new(code, detail)
-                .with_request_id(request_id.clone())
-                .into_response()
-        };
+        let fail = super::problem_for(&request_id);
         let Some(forward) = &self.forward else {
             audit.log(StatusCode::NOT_FOUND, "no_such_route");
             return fail(

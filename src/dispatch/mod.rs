@@ -214,6 +214,16 @@ impl Dispatcher {
     }
 }
 
+/// The answer for a request the agent refuses or cannot serve: a problem
+/// naming the request id (the cause stays in the agent's log and audit).
+fn problem_for(request_id: &str) -> impl Fn(ErrorCode, String) -> Response<BoxBody> + '_ {
+    move |code, detail| {
+        Problem::new(code, detail)
+            .with_request_id(request_id.to_owned())
+            .into_response()
+    }
+}
+
 fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
     req.headers()
         .get(name)

@@ -5,7 +5,7 @@
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tether_wire::protocol::{self, header as th};
-use tether_wire::{BoxBody, ErrorCode, Problem};
+use tether_wire::{BoxBody, ErrorCode};
 
 use super::call::Upstream;
 use super::{Dispatcher, header_str};
@@ -16,11 +16,7 @@ impl Dispatcher {
         let caller = header_str(&req, th::CALLER_KEY_ID).to_owned();
         let method = req.method().clone();
         let mut audit = self.audit(&request_id, &caller, method.as_str());
-        let fail = |code: ErrorCode, detail: String| {
-            Problem::new(code, detail)
-                .with_request_id(request_id.clone())
-                .into_response()
-        };
+        let fail = super::problem_for(&request_id);
 
         let Some((route_name, rest)) = protocol::split_route_path(req.uri().path())
             .map(|(route, rest)| (route.to_owned(), rest.to_owned()))

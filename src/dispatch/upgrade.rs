@@ -144,11 +144,7 @@ impl Dispatcher {
     /// target handles it as any request up to the upstream call.
     pub(super) async fn handle_upgrade(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let request_id = header_str(&req, th::REQUEST_ID).to_owned();
-        let fail = |code: ErrorCode, detail: String| {
-            Problem::new(code, detail)
-                .with_request_id(request_id.clone())
-                .into_response()
-        };
+        let fail = super::problem_for(&request_id);
         let protocol = req
             .extensions()
             .get::<hyper::ext::Protocol>()
@@ -201,11 +197,7 @@ impl Dispatcher {
         request_id: &str,
     ) -> Response<BoxBody> {
         let route_name = route.name.as_str();
-        let fail = |code: ErrorCode, detail: String| {
-            Problem::new(code, detail)
-                .with_request_id(request_id.to_owned())
-                .into_response()
-        };
+        let fail = super::problem_for(request_id);
         let (mut parts, _) = req.into_parts();
         let target = parts.uri.clone();
         let Some(authority) = target.authority().cloned() else {
